@@ -17,6 +17,7 @@ describe``: ``summary`` (one line), ``references`` (papers), ``threat_model`` (a
 from __future__ import annotations
 
 import difflib
+import warnings
 from importlib import metadata
 from typing import Any, Callable, Iterator, Mapping, TypeVar
 
@@ -27,6 +28,10 @@ from .errors import ConfigError
 T = TypeVar("T")
 
 PLUGIN_GROUP = "fllab.plugins"
+
+
+class PluginWarning(UserWarning):
+    """A ``fllab.plugins`` entry point could not be loaded."""
 
 
 class Params(BaseModel):
@@ -192,6 +197,16 @@ def load_plugins() -> None:
     from . import components  # noqa: F401  (registers the built-in components)
 
     for ep in metadata.entry_points(group=PLUGIN_GROUP):
-        loaded = ep.load()
-        if callable(loaded) and not isinstance(loaded, type):
-            loaded()
+        # A broken third-party package (uninstalled, moved, failing import) must not take the
+        # built-in components down with it: name it on stderr and go on without it.
+        try:
+            loaded = ep.load()
+            if callable(loaded) and not isinstance(loaded, type):
+                loaded()
+        except Exception as exc:  # noqa: BLE001 - any failure inside foreign code
+            warnings.warn(
+                f"fllab plugin {ep.name!r} ({ep.value}) failed to load and is skipped: "
+                f"{type(exc).__name__}: {exc}",
+                PluginWarning,
+                stacklevel=2,
+            )

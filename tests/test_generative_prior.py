@@ -207,11 +207,13 @@ def test_prior_must_fit_the_model(tiny_prior):
 # ------------------------------------------------------------------------------ the claim (slow)
 @pytest.mark.slow
 def test_benchmark_claim_prior_beats_inverting_gradients(tmp_path):
-    """The recorded benchmark (benchmarks/results/generative_prior.md): on 8 Fashion-MNIST train
-    batches of 4, the prior's reconstructions beat Inverting Gradients at the same iteration count."""
+    """The recorded benchmark (benchmarks/results/generative_prior.md): on 2 Fashion-MNIST train
+    batches of 32, the prior's reconstructions beat Inverting Gradients at the same iteration
+    count (recorded: +0.88 dB PSNR, SSIM 0.583 vs 0.510).  Trains the prior first when it is not
+    cached (about 11 minutes on a loaded 2-core machine)."""
     out = tmp_path / "gp.json"
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_generative_prior.py"), "--targets", "8",
-                    "--batch", "4", "--ig-long", "0", "--json", str(out)], check=True, cwd=ROOT)
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_generative_prior.py"), "--targets", "2",
+                    "--batch", "32", "--ig-long", "0", "--json", str(out)], check=True, cwd=ROOT)
     figures = json.loads(out.read_text())
-    assert figures["margin_psnr_db"] >= 2.0
-    assert figures["gifd"]["ssim"] > figures["inverting_gradients"]["ssim"]
+    assert figures["margin_psnr_db"] >= 0.5
+    assert figures["gifd"]["ssim"] >= figures["inverting_gradients"]["ssim"] + 0.03

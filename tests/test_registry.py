@@ -85,3 +85,18 @@ def test_third_party_attack_loads_through_the_entry_point(tmp_path, tiny):
     )
     assert res.returncode == 0, res.stderr
     assert 0.0 <= float(res.stdout.strip()) <= 1.0
+
+
+def test_a_broken_plugin_is_named_and_skipped(tmp_path):
+    """An entry point whose module is gone (e.g. an uninstalled editable package) warns with its
+    name and leaves the built-in components usable."""
+    dist = tmp_path / "broken_plugin-0.1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1.0\n")
+    (dist / "entry_points.txt").write_text("[fllab.plugins]\nbroken = no_such_module_xyz:register\n")
+    code = "from fllab.registry import AGGREGATORS; print('krum' in AGGREGATORS)"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "True"
+    assert "plugin 'broken'" in res.stderr and "no_such_module_xyz" in res.stderr

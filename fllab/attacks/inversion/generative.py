@@ -113,11 +113,13 @@ class GenerativeInversion:
         candidates: PositiveInt = Field(4, description="random noise batches scored per target; the best one starts")
         latent_iterations: PositiveInt = Field(150, description="Adam steps on the noise z_T")
         latent_lr: PositiveFloat = Field(0.05, description="Adam step size on z_T (cosine-annealed)")
-        feature_stages: NonNegativeInt = Field(2, description="intermediate DDIM states optimised after z_T, one after another")
+        feature_stages: NonNegativeInt = Field(
+            4, description="intermediate DDIM states optimised after z_T, one after another (at most ddim_steps - 1)"
+        )
         feature_iterations: PositiveInt = Field(50, description="Adam steps per intermediate state")
         feature_lr: PositiveFloat = Field(0.01, description="Adam step size on an intermediate state's offset (cosine-annealed)")
         radius: NonNegativeFloat = Field(
-            0.05, description="l1-ball radius around each stage's anchor, per state entry (the ball is radius * C*H*W per image)"
+            0.1, description="l1-ball radius around each stage's anchor, per state entry (the ball is radius * C*H*W per image)"
         )
         tv_weight: NonNegativeFloat = Field(1e-4, description="weight of the total-variation term")
 
