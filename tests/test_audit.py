@@ -177,3 +177,138 @@ def test_scores_to_guesses_by_hand():
 def test_bad_settings_are_config_errors(call, message):
     with pytest.raises(ConfigError, match=message):
         call()
+
+
+# ------------------------------------------------------------- the one-run audit in a scenario
+def _leaky(kind="noise", **audit):
+    """No DP, 2 clients of ~225 digits, 20 rounds of 10 local epochs: the MLP memorises its data."""
+    return {
+        "name": "leaky", "seed": 0, "threads": 1,
+        "task": {"dataset": {"name": "digits", "test_fraction": 0.75}, "model": {"name": "mlp", "hidden": [128]}},
+        "federation": {"num_clients": 2, "rounds": 20, "partition": "iid"},
+        "algorithm": {"name": "fedavg", "local_epochs": 10, "batch_size": 16, "lr": 0.1},
+        "evaluation": {"every": 20},
+        "attacks": [{"name": "canary_audit", "canaries": 100, "kind": kind, "guess_members": 20, "guess_nonmembers": 20, **audit}],
+    }
+
+
+def _audit_row(out):
+    import json
+
+    return json.loads((out / "attacks.json").read_text())["canary_audit"]["table"][0]
+
+
+def test_canaries_are_planted_in_one_clients_data_half_at_random():
+    import torch
+
+    from fllab.scenario.build import resolve
+    from fllab.scenario.loader import validate_schema
+    from fllab.training.drivers import client_records
+    from fllab.training.engine import Engine
+
+    def planted(seed, kind="mislabeled"):
+        sc = _leaky(kind, canaries=60)
+        sc["seed"] = seed
+        engine = Engine(resolve(validate_schema(sc)))
+        engine.prepare()
+        return engine
+
+    engine = planted(0)
+    driver = engine.drivers[0]
+    original = engine.bundle.train.subset(torch.as_tensor(engine.parts[0]))
+    inserted = int(driver.inserted.sum())
+    assert 15 < inserted < 45  # Binomial(60, 1/2)
+    # the client lost the 60 source records and gained exactly the inserted canaries, last
+    assert len(engine.client_data[0]) == len(original) - 60 + inserted
+    tail = engine.client_data[0].subset(torch.arange(len(engine.client_data[0]) - inserted, len(engine.client_data[0])))
+    assert torch.equal(tail.x, driver.canaries.x[driver.inserted]) and torch.equal(tail.y, driver.canaries.y[driver.inserted])
+    # mislabeled canaries are the client's own inputs, each with a wrong label
+    rows = {tuple(x.flatten().tolist()): int(y) for x, y in zip(original.x, original.y)}
+    assert all(rows[tuple(x.flatten().tolist())] != int(y) for x, y in zip(driver.canaries.x, driver.canaries.y))
+    assert len(engine.client_data[1]) == len(engine.parts[1])  # the other client is untouched
+    # membership attacks in the same scenario draw their members from the client's own records only
+    assert torch.equal(client_records(engine, 0).x, engine.client_data[0].x[: len(original) - 60])
+    again = planted(0).drivers[0]
+    assert torch.equal(again.inserted, driver.inserted) and torch.equal(again.canaries.y, driver.canaries.y)
+    assert not torch.equal(planted(1).drivers[0].inserted, driver.inserted)
+    # noise canaries are additions in [0, 1]: the client keeps every record of its own
+    noisy = planted(0, "noise")
+    canaries = noisy.drivers[0].canaries
+    assert len(noisy.client_data[0]) == len(original) + int(noisy.drivers[0].inserted.sum())
+    assert torch.equal(noisy.client_data[0].x[: len(original)], original.x)
+    assert canaries.x.shape == (60, *original.x.shape[1:]) and 0 <= canaries.x.min() and canaries.x.max() <= 1
+
+
+@pytest.mark.parametrize("kind", ["noise", "mislabeled"])
+def test_one_run_audit_exceeds_one_on_a_leaky_federation(kind, tmp_path):
+    import fllab
+
+    out, summary = fllab.run(_leaky(kind), tmp_path / kind)
+    metrics = summary["metrics"]
+    assert metrics["privacy.epsilon_lower_bound_one_run"] > 1.0
+    assert "privacy.epsilon" not in metrics  # nothing accounted without a DP defense
+    row = _audit_row(out)
+    assert row["guesses"] == 40 and row["correct"] >= 36
+    scores = (out / "artefacts" / "canary_audit" / "scores.csv").read_text().splitlines()
+    assert scores[0] == "index,is_member,score" and len(scores) == 101
+    assert sum(line.split(",")[1] == "1" for line in scores[1:]) == row["inserted"]
+
+
+DP_CONFIGS = {
+    "dp_fedavg_eps1": {"name": "dp_fedavg", "target_epsilon": 1.0},
+    "dp_fedavg_eps8": {"name": "dp_fedavg", "target_epsilon": 8.0},
+    "dp_fedavg_z0.3": {"name": "dp_fedavg", "noise_multiplier": 0.3, "clip": 5.0},
+    "rqm": {"name": "rqm", "c": 0.05, "delta": 0.05, "m": 8, "q": 0.5},
+}
+
+
+def _assert_audit_below_accounting(sc, out_dir):
+    import fllab
+
+    _, summary = fllab.run(sc, out_dir)
+    metrics = summary["metrics"]
+    assert 0.0 <= metrics["privacy.epsilon_lower_bound_one_run"] <= metrics["privacy.epsilon"]
+    return metrics
+
+
+@pytest.mark.parametrize("name", list(DP_CONFIGS))
+def test_one_run_audit_stays_below_the_accounted_epsilon(name, tmp_path):
+    sc = _leaky()
+    sc["defenses"] = [DP_CONFIGS[name]]
+    _assert_audit_below_accounting(sc, tmp_path / name)
+
+
+def test_one_run_audit_stays_below_dp_sgd_epsilon(tmp_path):
+    sc = _leaky()
+    sc["federation"]["rounds"] = 4
+    sc["algorithm"]["local_epochs"] = 2
+    sc["defenses"] = [{"name": "dp_sgd", "noise_multiplier": 0.7}]
+    _assert_audit_below_accounting(sc, tmp_path / "dp_sgd")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", [1.0, 8.0])
+@pytest.mark.parametrize("kind", ["noise", "mislabeled"])
+def test_one_run_audit_stays_below_dp_sgd_target_epsilon_on_the_leaky_federation(kind, target, tmp_path):
+    sc = _leaky(kind)
+    sc["defenses"] = [{"name": "dp_sgd", "target_epsilon": target}]
+    metrics = _assert_audit_below_accounting(sc, tmp_path / "dp_sgd")
+    assert metrics["privacy.epsilon"] <= target
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"client": 5}, r"attacks\.0\.client: client 5 does not exist"),
+        ({"canaries": 1000, "kind": "mislabeled"}, r"attacks\.0\.canaries: 1000 mislabeled canaries need as many records; the client holds \d+ \(client 0\)"),
+        ({"guess_members": 60, "guess_nonmembers": 50}, r"attacks\.0.*exceeds canaries = 100"),
+    ],
+)
+def test_bad_canary_settings_are_config_errors(change, message, tmp_path):
+    import fllab
+
+    sc = _leaky()
+    sc["attacks"][0].update(change)
+    with pytest.raises(ConfigError, match=message):
+        fllab.run(sc, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()

@@ -220,11 +220,37 @@ def digits() -> TensorData:
     return TensorData(x, torch.tensor(d.target, dtype=torch.long))
 
 
+def gelu_mlp():
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.GELU(), torch.nn.Linear(16, 10))
+
+
+ENSEMBLE_MODELS = {
+    "relu": mlp_build(32),
+    "sigmoid": lambda: MLP(MLP.Params(hidden=[16, 8], activation="sigmoid")).build(DIGITS_SHAPE, 10),
+    "tanh": lambda: MLP(MLP.Params(hidden=[16], activation="tanh")).build(DIGITS_SHAPE, 10),
+    "leaky_relu": lambda: MLP(MLP.Params(hidden=[16], activation="leaky_relu")).build(DIGITS_SHAPE, 10),
+    "softmax_regression": lambda: MLP(MLP.Params(hidden=[])).build(DIGITS_SHAPE, 10),
+    "gelu_vmap": gelu_mlp,  # no stacked kernel for GELU: the vmap path
+}
+
+
+def test_stacked_kernels_cover_the_mlp_zoo_and_fall_back_to_vmap(digits):
+    from fllab.attacks.inversion.common import VictimModel
+    from fllab.attacks.membership.ensemble import StackedMLP
+
+    for name, build in ENSEMBLE_MODELS.items():
+        model = VictimModel(build, digits.x.device, digits.x.dtype)
+        chosen = StackedMLP.of(model, init_ensemble(build, 2, 0), digits.x, digits.y)
+        assert (chosen is None) == (name == "gelu_vmap"), name
+
+
+@pytest.mark.parametrize("model", list(ENSEMBLE_MODELS))
 @pytest.mark.parametrize("momentum,weight_decay", [(0.0, 0.0), (0.9, 1e-3)])
-def test_ensemble_member_equals_a_separately_trained_model(digits, momentum, weight_decay):
+def test_ensemble_member_equals_a_separately_trained_model(digits, model, momentum, weight_decay):
     """Model k of the ensemble follows sgd_train on its own subset with the same init and batches;
-    subsets of different sizes (different step counts, partial batches) included."""
-    build = mlp_build(32)
+    subsets of different sizes (different step counts, partial batches) included; both gradient
+    paths (the stacked kernels of the MLP zoo, vmap for anything else)."""
+    build = ENSEMBLE_MODELS[model]
     pool = digits.subset(range(120))
     masks = balanced_masks(4, 120, 0.5, torch_gen(0, "masks"))
     masks[3, :] = False

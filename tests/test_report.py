@@ -352,3 +352,131 @@ def test_sweep_without_results_is_an_error(tmp_path):
     with pytest.raises(FllabError, match="results.csv"):
         build_sweep_report(tmp_path)
 
+
+
+# --------------------------------------------------------------------------- privacy: accounted vs audited
+
+
+def _scores_file(path: Path, member_scores, other_scores) -> None:
+    from fllab.report.rundir import scores_csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(scores_csv(list(member_scores) + list(other_scores), [1] * len(member_scores) + [0] * len(other_scores)))
+
+
+def test_run_report_puts_audited_bounds_beside_the_accounted_epsilon(tmp_path):
+    _write_json(tmp_path / "summary.json", {"name": "audited", "seed": 0, "status": "ok", "metrics": {
+        "utility.accuracy": 0.9, "privacy.epsilon": 4.0, "privacy.delta": 1e-5, "membership.auc": 0.6,
+        "privacy.epsilon_lower_bound": 0.5, "privacy.epsilon_lower_bound_one_run": 0.75}})
+    _write_json(tmp_path / "attacks.json", {
+        "lira": {"family": "membership", "metrics": {"membership.auc": 0.6, "privacy.epsilon_lower_bound": 0.5}},
+        "canary_audit": {"family": "audit", "metrics": {"privacy.epsilon_lower_bound_one_run": 0.75}},
+    })
+    _scores_file(tmp_path / "artefacts" / "lira" / "scores.csv", [0.9, 0.8, 0.3], [0.1, 0.2, 0.85])
+    _, html_path = build_report(tmp_path)
+    html = html_path.read_text(encoding="utf-8")
+    page = parse(html)
+    rows = find_table(page, ["epsilon", "value", "from"])[1:]
+    assert rows == [
+        ["accounted (upper bound)", "4", "DP accountant at δ = 1e-05"],
+        ["audited lower bound: membership attack (Jagielski et al. 2020)", "0.5", "lira"],
+        ["audited lower bound: one-run canaries (Steinke et al. 2023)", "0.75", "canary_audit"],
+    ]
+    assert "between the best audited lower bound 0.75 and the accounted 4" in html
+    assert html.index("Privacy: accounted vs audited") < html.index("Attack: lira")
+    # the attack that saved per-record scores gets its log-log ROC
+    assert (tmp_path / "figures" / "roc-lira.png").read_bytes().startswith(PNG_MAGIC)
+    assert "lira: ROC curve" in html and not (tmp_path / "figures" / "roc-canary_audit.png").exists()
+
+
+@pytest.mark.parametrize("accounted, bound, phrase", [
+    (None, 1.5, "the guarantee is ε = ∞; the audits show the run leaks at least ε ≥ 1.5"),
+    (1.0, 1.5, "An audited lower bound (1.5) exceeds the accounted epsilon (1)"),
+    (None, 0.0, "the audits found no leakage they could prove (lower bound 0), which is no evidence of privacy"),
+])
+def test_run_report_verdict_without_accounting_or_with_a_broken_one(tmp_path, accounted, bound, phrase):
+    metrics = {"privacy.epsilon_lower_bound_one_run": bound}
+    if accounted is not None:
+        metrics.update({"privacy.epsilon": accounted, "privacy.delta": 1e-5})
+    _write_json(tmp_path / "summary.json", {"name": "v", "seed": 0, "status": "ok", "metrics": metrics})
+    _, html_path = build_report(tmp_path)
+    html = html_path.read_text(encoding="utf-8")
+    assert phrase in html
+    rows = find_table(parse(html), ["epsilon", "value", "from"])
+    assert rows[1][1] == ("∞" if accounted is None else "1") and rows[2][2] == "summary"
+
+
+def test_run_report_without_privacy_figures_has_no_privacy_section(tmp_path):
+    _write_json(tmp_path / "summary.json", {"name": "plain", "seed": 0, "status": "ok", "metrics": {"utility.accuracy": 0.9}})
+    _, html_path = build_report(tmp_path)
+    assert "Privacy: accounted vs audited" not in html_path.read_text(encoding="utf-8")
+
+
+def _membership_sweep(sweep_dir: Path, seeds=(0,)) -> None:
+    """A DP sweep as `fllab sweep` writes it: results.csv, and per cell its config and LiRA scores."""
+    cases = [("none", [], None, 0.95, 0.20, 2.1, 1.2), ("dp_sgd_eps8", ["dp_sgd"], 7.9, 0.90, 0.05, 0.4, 0.2),
+             ("dp_sgd_eps1", ["dp_sgd"], 0.99, 0.70, 0.0, 0.0, 0.0), ("dp_fedavg_eps8", ["dp_fedavg"], 8.0, 0.85, 0.02, 0.1, 0.0)]
+    rows = []
+    for label, defenses, eps, acc, tpr, jag, one in cases:
+        for seed in seeds:
+            cell = f"seed{seed}-{label}"
+            rows.append({"cell": cell, "param:defense": label, "seed": seed, "status": "ok", "utility.accuracy": acc + seed / 100,
+                         "privacy.epsilon": "" if eps is None else eps, "privacy.delta": "" if eps is None else 1e-5,
+                         "membership.auc": 0.5 + tpr, "membership.tpr_at_0.001_fpr": tpr,
+                         "privacy.epsilon_lower_bound": jag, "privacy.epsilon_lower_bound_one_run": one})
+            folder = sweep_dir / "cells" / cell
+            folder.mkdir(parents=True)
+            (folder / "config.resolved.yaml").write_text(
+                "name: dp\ndefenses:\n" + "".join(f"- name: {d}\n  delta: 1.0e-05\n" for d in defenses) if defenses
+                else "name: dp\ndefenses: []\n", encoding="utf-8")
+            strong = int(100 * tpr)
+            _scores_file(folder / "artefacts" / "lira" / "scores.csv",
+                         [100.0] * strong + [i + 0.5 for i in range(50 - strong)], [float(i) for i in range(50)])
+    write_results(sweep_dir, rows)
+
+
+def test_membership_sweep_overlays_roc_curves_and_draws_the_privacy_utility_curve(tmp_path):
+    _membership_sweep(tmp_path)
+    md_path, html_path = build_sweep_report(tmp_path)
+    html = html_path.read_text(encoding="utf-8")
+    for name in ("privacy-utility.png", "roc-lira.png"):
+        assert (tmp_path / "figures" / name).read_bytes().startswith(PNG_MAGIC), name
+    assert "Privacy-utility curve" in html and "lira: ROC curves across cells" in html
+    table = find_table(parse(html), ["setting", "defenses", "utility.accuracy", "privacy.epsilon",
+                                     "privacy.epsilon_lower_bound", "privacy.epsilon_lower_bound_one_run"])
+    assert table[1:] == [["none", "none", "0.95", "∞", "2.1", "1.2"], ["dp_sgd_eps8", "dp_sgd", "0.9", "7.9", "0.4", "0.2"],
+                         ["dp_sgd_eps1", "dp_sgd", "0.7", "0.99", "0", "0"], ["dp_fedavg_eps8", "dp_fedavg", "0.85", "8", "0.1", "0"]]
+    md = md_path.read_text(encoding="utf-8")
+    assert "(figures/privacy-utility.png)" in md and "(figures/roc-lira.png)" in md
+
+
+def test_privacy_utility_curve_draws_one_line_per_defense_and_marks_the_bounds(tmp_path, monkeypatch):
+    from fllab.report import plots
+
+    calls = {}
+
+    def spy(points, series_key, label_key, x_metrics, y="utility.accuracy"):
+        calls.update(points=points, series_key=series_key, x=list(x_metrics))
+        return real(points, series_key, label_key, x_metrics, y)
+
+    real = plots.privacy_utility_figure
+    monkeypatch.setattr(plots, "privacy_utility_figure", spy)
+    _membership_sweep(tmp_path, seeds=(0, 1))
+    _, html_path = build_sweep_report(tmp_path)
+    assert calls["x"] == ["membership.tpr_at_0.001_fpr", "privacy.epsilon"]
+    # settings averaged over the two seeds, each tagged with its cell's defenses
+    by_setting = {p["param:defense"]: p for p in calls["points"]}
+    assert {k: p[calls["series_key"]] for k, p in by_setting.items()} == {
+        "none": "none", "dp_sgd_eps8": "dp_sgd", "dp_sgd_eps1": "dp_sgd", "dp_fedavg_eps8": "dp_fedavg"}
+    assert by_setting["dp_sgd_eps8"]["utility.accuracy"] == pytest.approx(0.905)
+    assert "Privacy-utility curve" in html_path.read_text(encoding="utf-8")
+
+
+def test_roc_and_privacy_utility_figures_are_pngs():
+    from fllab.report.plots import privacy_utility_figure, roc_figure
+
+    member = [True] * 5 + [False] * 5
+    assert roc_figure([("a", list(range(10)), member), ("b", list(range(10))[::-1], member)], "t").startswith(PNG_MAGIC)
+    points = [{"s": "dp", "l": "x", "utility.accuracy": 0.9, "privacy.epsilon": 2.0, "privacy.epsilon_lower_bound": 0.0},
+              {"s": "none", "l": "y", "utility.accuracy": 0.95, "privacy.epsilon_lower_bound_one_run": 1.0}]
+    assert privacy_utility_figure(points, "s", "l", ["privacy.epsilon"]).startswith(PNG_MAGIC)

@@ -23,6 +23,7 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "privacy.epsilon": False,
     "privacy.delta": False,
     "privacy.epsilon_lower_bound": False,
+    "privacy.epsilon_lower_bound_one_run": False,
     "poisoning.backdoor_success_rate": False,
     "poisoning.accuracy_drop": False,
     "poisoning.clean_accuracy": True,
@@ -44,13 +45,21 @@ DESCRIPTIONS: dict[str, str] = {
     "membership.tpr_at_0.01_fpr": "true-positive rate of the membership attack at 1% false positives",
     "privacy.epsilon": "differential-privacy budget spent (accountant upper bound)",
     "privacy.delta": "differential-privacy failure probability",
-    "privacy.epsilon_lower_bound": "empirical epsilon lower bound from the membership attack",
+    "privacy.epsilon_lower_bound": "empirical epsilon lower bound from the membership attack (Jagielski et al. 2020)",
+    "privacy.epsilon_lower_bound_one_run": "empirical epsilon lower bound from the one-run canary audit (Steinke et al. 2023)",
     "poisoning.backdoor_success_rate": "fraction of triggered test inputs classified as the target",
     "poisoning.accuracy_drop": "clean accuracy lost to the poisoning attack",
     "poisoning.clean_accuracy": "accuracy on clean test inputs under attack",
     "poisoning.detection_precision": "precision of the server's malicious-client detection",
     "poisoning.detection_recall": "recall of the server's malicious-client detection",
     "run.seconds": "wall-clock time of the run (s)",
+}
+
+#: audited epsilon lower bounds (metric -> how it was obtained), shown beside the accounted
+#: ``privacy.epsilon``; each holds with 95% confidence, at the accounted delta (1e-5 without DP).
+AUDITED_EPSILONS: dict[str, str] = {
+    "privacy.epsilon_lower_bound": "membership attack (Jagielski et al. 2020)",
+    "privacy.epsilon_lower_bound_one_run": "one-run canaries (Steinke et al. 2023)",
 }
 
 #: what each attack family does, in one sentence, for the attack sections of a report.
@@ -61,6 +70,8 @@ FAMILY_BLURBS: dict[str, str] = {
     "A lower backdoor success rate and a smaller accuracy drop mean better robustness.",
     "membership": "An attacker guesses whether a record was in a client's training data. "
     "An AUC near 0.5 and low TPR at low FPR mean better privacy.",
+    "audit": "An auditor inserts a random half of its canaries into a client's data and guesses which ones the "
+    "final model saw. The right guesses give an epsilon lower bound that must stay below the accounted epsilon.",
 }
 
 

@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 
-from .directions import direction_phrase, higher_is_better, known_direction
+from .directions import AUDITED_EPSILONS, direction_phrase, higher_is_better, known_direction
 from .pareto import pareto_front
 from .tables import as_number, fmt, short_names
 
@@ -300,3 +300,105 @@ def heatmap_figure(matrix: Sequence[Sequence[float | None]], row_labels: Sequenc
             bar.set_label(f"{metric} ({direction_phrase(metric)})")
 
     return _png((width, height), draw)
+
+
+def roc_figure(curves: Sequence[tuple[str, Any, Any]], title: str) -> bytes:
+    """Log-log ROC curves of membership scores, overlaid (Carlini et al. 2022, Sec. III: the
+    low-FPR region is where an attack is or is not a threat, so both axes are logarithmic).
+
+    ``curves`` holds ``(label, scores, is_member)``; the legend adds each curve's AUC and TPR at
+    0.1% FPR (:func:`fllab.metrics.membership.membership_metrics`).  The dotted diagonal is
+    guessing; the FPR axis starts at the smallest non-zero FPR any curve can reach.
+    """
+    from ..metrics.membership import membership_metrics, roc_curve
+
+    drawn = []
+    for label, scores, is_member in curves:
+        fpr, tpr, _ = roc_curve(scores, is_member)
+        m = membership_metrics(scores, is_member)
+        text = f"{label}  (AUC {fmt(m['membership.auc'])}, TPR@0.1% {fmt(m['membership.tpr_at_0.001_fpr'])})"
+        drawn.append((text, fpr.numpy(), tpr.numpy(), int((~np.asarray(is_member, dtype=bool)).sum())))
+
+    def draw(fig: Figure) -> None:
+        ax = fig.subplots()
+        low = min((1.0 / max(n, 1) for *_, n in drawn), default=1e-3)
+        ax.plot([low, 1], [low, 1], linestyle=":", color=MUTED, linewidth=1, label="guessing")
+        colours = matplotlib.colormaps["viridis"] if len(drawn) > 6 else None
+        for i, (text, fpr, tpr, _) in enumerate(drawn):
+            colour = colours(i / max(len(drawn) - 1, 1)) if colours else None
+            ax.step(fpr, tpr, where="post", linewidth=1.5, label=text, color=colour)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(low, 1)
+        ax.set_ylim(low, 1.05)
+        ax.set_xlabel("false-positive rate")
+        ax.set_ylabel("true-positive rate")
+        ax.set_title(title)
+        ax.legend(fontsize=7, loc="lower right")
+
+    return _png((6.4, 4.8), draw)
+
+
+#: marker of each audited epsilon lower bound drawn beside the accounted epsilon (hollow).
+_BOUND_MARKERS = dict(zip(AUDITED_EPSILONS, "s^v<>"))
+
+
+def privacy_utility_figure(points: Sequence[Mapping[str, Any]], series_key: str, label_key: str,
+                           x_metrics: Sequence[str], y: str = "utility.accuracy") -> bytes:
+    """Test accuracy against each privacy quantity in ``x_metrics``, one panel each, one line per
+    series (e.g. per defense, its points ordered along x).
+
+    On the ``privacy.epsilon`` panel each point is the accounted epsilon (filled) with its audited
+    lower bounds (hollow, :data:`~fllab.report.directions.AUDITED_EPSILONS`) at the same accuracy,
+    joined by a thin line: the run's true epsilon lies in between.  A point without an accounted epsilon (no DP: epsilon is
+    infinite) is a dashed horizontal line at its accuracy, with its audited bounds on it.  The
+    epsilon axis is symmetric-log so that a lower bound of 0 stays visible.
+    """
+    series = list(dict.fromkeys(str(p.get(series_key) or "") for p in points))
+
+    def value(point: Mapping[str, Any], metric: str) -> float | None:
+        v = as_number(point.get(metric))
+        return v if v is not None and math.isfinite(v) else None
+
+    def draw(fig: Figure) -> None:
+        axes = fig.subplots(1, len(x_metrics), squeeze=False, sharey=True).ravel()
+        colours = {s: f"C{i % 6}" for i, s in enumerate(series)}
+        for ax, x in zip(axes, x_metrics):
+            epsilon = x == "privacy.epsilon"
+            for name in series:
+                members = [p for p in points if str(p.get(series_key) or "") == name and value(p, y) is not None]
+                placed = sorted((value(p, x), value(p, y), p) for p in members if value(p, x) is not None)
+                if placed:
+                    ax.plot([q[0] for q in placed], [q[1] for q in placed], marker="o", linewidth=1.4, markersize=5,
+                            color=colours[name], label=name or "—")
+                    for xv, yv, p in placed:
+                        ax.annotate(str(p.get(label_key) or ""), (xv, yv), xytext=(4, 4), textcoords="offset points",
+                                    fontsize=6, color="#3b4752")
+                if not epsilon:
+                    continue
+                for p in members:
+                    yv, accounted = value(p, y), value(p, x)
+                    if accounted is None:
+                        ax.axhline(yv, linestyle="--", linewidth=1, color=colours[name],
+                                   label=f"{p.get(label_key) or name} (ε = ∞)")
+                    for metric, marker in _BOUND_MARKERS.items():
+                        bound = value(p, metric)
+                        if bound is None:
+                            continue
+                        if accounted is not None:
+                            ax.plot([bound, accounted], [yv, yv], linewidth=0.8, color=colours[name], alpha=0.5)
+                        ax.scatter([bound], [yv], marker=marker, s=36, facecolors="white", edgecolors=colours[name], zorder=3)
+            if epsilon:
+                ax.set_xscale("symlog", linthresh=0.1)
+                for metric, marker in _BOUND_MARKERS.items():
+                    if any(value(p, metric) is not None for p in points):
+                        ax.scatter([], [], marker=marker, s=36, facecolors="white", edgecolors="#3b4752",
+                                   label=f"audited: {AUDITED_EPSILONS[metric]}")
+            ax.set_xlabel(_axis_label(x))
+            ax.set_title(f"{y} vs {x}")
+        axes[0].set_ylabel(_axis_label(y))
+        # one legend, outside the last panel (series colours are shared across panels)
+        handles = {label: h for ax in axes for h, label in zip(*ax.get_legend_handles_labels())}
+        axes[-1].legend(handles.values(), handles.keys(), fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+
+    return _png((5.0 * len(x_metrics) + 2.8, 4.4), draw)

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from . import plots
-from .directions import FAMILY_BLURBS
+from .directions import AUDITED_EPSILONS, FAMILY_BLURBS
 from .output import IMAGE_SUFFIXES, FigureRef, existing_figure, save_figure, slug, write_report
 from .rundir import ARTEFACTS, RECONSTRUCTION, RunData, load_run
-from .tables import Table, flatten, fmt, metrics_table, records_table
+from .tables import Table, as_number, flatten, fmt, metrics_table, records_table
 
 _FAMILY_ORDER = ["utility", "inversion", "membership", "poisoning", "privacy"]
 _GOOD_STATUS = {"ok", "completed", "complete", "success", "succeeded", "finished", "done"}
@@ -121,6 +121,53 @@ def _attack_figures(run: RunData, name: str) -> list[FigureRef]:
     return figures
 
 
+def roc_figure(run: RunData, name: str) -> FigureRef | None:
+    """Log-log ROC of the scores an attack saved (``artefacts/<name>/scores.csv``), if any."""
+    scores = run.scores.get(name)
+    if scores is None or scores.is_member.all() or not scores.is_member.any():
+        return None
+    png = plots.roc_figure([(name, scores.score, scores.is_member)], f"{name}: ROC (log-log)")
+    return save_figure(run.path, f"roc-{name}", png, f"{name}: ROC curve",
+                       "True- against false-positive rate over every threshold of the saved per-record scores, "
+                       "both axes logarithmic (the low-FPR corner is what matters); the dotted diagonal is guessing.")
+
+
+def privacy_section(run: RunData) -> dict[str, Any] | None:
+    """The accounted epsilon beside every audited lower bound (per attack, from ``attacks.json``,
+    else from the summary), with what the pair says about the run; None when there is neither."""
+    metrics = run.metrics
+    audits: list[tuple[str, str, Any]] = []  # (metric, source, value)
+    for name, entry in run.attacks.items():
+        found = entry.get("metrics") or {}
+        audits += [(metric, name, found[metric]) for metric in AUDITED_EPSILONS if metric in found]
+    if not audits:
+        audits = [(metric, "summary", metrics[metric]) for metric in AUDITED_EPSILONS if metric in metrics]
+    accounted = as_number(metrics.get("privacy.epsilon"))
+    if accounted is None and not audits:
+        return None
+    rows = [{"epsilon": "accounted (upper bound)", "value": accounted if accounted is not None else float("inf"),
+             "from": f"DP accountant at δ = {fmt(metrics.get('privacy.delta'))}" if accounted is not None
+             else "no DP defense accounts for this run"}]
+    rows += [{"epsilon": f"audited lower bound: {AUDITED_EPSILONS[metric]}", "value": value, "from": source}
+             for metric, source, value in audits]
+    best = max((as_number(v) for _, _, v in audits if as_number(v) is not None), default=None)
+    if best is None:
+        verdict = "No audit ran: the accounted epsilon is the only figure."
+    elif accounted is None and best <= 0:
+        verdict = ("Without DP accounting the guarantee is ε = ∞; the audits found no leakage they could prove "
+                   "(lower bound 0), which is no evidence of privacy.")
+    elif accounted is None:
+        verdict = (f"Without DP accounting the guarantee is ε = ∞; the audits show the run leaks at least ε ≥ {fmt(best)} "
+                   "(95% confidence).")
+    elif best > accounted:
+        verdict = (f"An audited lower bound ({fmt(best)}) exceeds the accounted epsilon ({fmt(accounted)}): the accounting "
+                   "does not describe what ran, or the audit's 5% chance of error struck.")
+    else:
+        verdict = (f"The run's true epsilon lies between the best audited lower bound {fmt(best)} and the accounted "
+                   f"{fmt(accounted)}; the gap is what the accountant may over-estimate or the audits miss.")
+    return {"table": records_table(rows), "verdict": verdict}
+
+
 def attack_sections(run: RunData) -> list[AttackSection]:
     """Attacks from ``attacks.json``, plus any attack that only left images in ``artefacts/<name>/``."""
     names = list(run.attacks)
@@ -139,7 +186,7 @@ def attack_sections(run: RunData) -> list[AttackSection]:
             blurb=FAMILY_BLURBS.get(family or "", ""),
             metrics=metrics_table(metrics, family) if metrics else None,
             table=records_table(rows) if rows else None,
-            figures=_attack_figures(run, name),
+            figures=[f for f in (roc_figure(run, name),) if f is not None] + _attack_figures(run, name),
         ))
     return sections
 
@@ -167,7 +214,9 @@ def report_context(run: RunData) -> dict[str, Any]:
     shown = {f.rel for a in attacks for f in a.figures}
     other_figures = [existing_figure(f.path, f.rel, f.title, f.caption) for f in run.figures if f.rel not in shown]
     partition = partition_section(run.partition, run.path) if run.partition else None
+    privacy = privacy_section(run)
     toc = [("summary", "Summary")]
+    toc += [("privacy", "Privacy: accounted vs audited")] if privacy else []
     toc += [("training", "Training")] if run.rounds else []
     toc += [("partition", "Data partition")] if partition else []
     toc += [(a.anchor, f"Attack: {a.name}") for a in attacks]
@@ -183,6 +232,7 @@ def report_context(run: RunData) -> dict[str, Any]:
         "meta": _meta(run),
         "toc": toc,
         "summary": summary_table(run.metrics) if run.metrics else None,
+        "privacy": privacy,
         "curves": curves,
         "rounds": rounds_table(run.rounds) if run.rounds else None,
         "partition": partition,

@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import yaml
+
 from ..errors import FllabError
 from ..io import read_jsonl
 from .output import IMAGE_SUFFIXES
@@ -24,6 +27,56 @@ ATTACKS = "attacks.json"
 ARTEFACTS = "artefacts"
 FIGURES_MANIFEST = "figures.json"
 RECONSTRUCTION = "reconstruction.png"
+SCORES = "scores.csv"  # artefacts/<attack>/scores.csv: per-record membership scores
+_SCORES_HEADER = "index,is_member,score"
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Per-record scores of a membership attack or audit (higher = member) and the truth."""
+
+    score: np.ndarray  # float64 (n,)
+    is_member: np.ndarray  # bool (n,)
+
+
+def scores_csv(score: Any, is_member: Any) -> bytes:
+    """The :data:`SCORES` file of per-record scores and their membership truth (what the engine
+    writes for every membership attack and audit)."""
+    lines = [_SCORES_HEADER] + [f"{i},{int(m)},{float(s)!r}" for i, (m, s) in enumerate(zip(is_member, score))]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def read_scores(path: Path) -> Scores:
+    """Parse a :data:`SCORES` file; a malformed one is an error naming the file."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        if not lines or lines[0].strip() != _SCORES_HEADER:
+            raise ValueError(f"the header is not {_SCORES_HEADER!r}")
+        rows = [line.split(",") for line in lines[1:] if line.strip()]
+        return Scores(np.array([float(r[2]) for r in rows]), np.array([r[1].strip() == "1" for r in rows], dtype=bool))
+    except (OSError, UnicodeDecodeError, ValueError, IndexError) as exc:
+        raise FllabError(f"{path}: cannot read membership scores ({exc})") from exc
+
+
+def attack_scores(run_dir: Path) -> dict[str, Scores]:
+    """``artefacts/<attack>/scores.csv`` of every attack that wrote one, by attack name."""
+    artefacts = run_dir / ARTEFACTS
+    if not artefacts.is_dir():
+        return {}
+    return {d.name: read_scores(d / SCORES) for d in sorted(artefacts.iterdir()) if (d / SCORES).is_file()}
+
+
+def defense_names(run_dir: Path) -> list[str] | None:
+    """Names of the defenses in ``config.resolved.yaml`` (None when the file is absent or unreadable)."""
+    path = run_dir / CONFIG
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    defenses = config.get("defenses") or []
+    return [str(d.get("name") if isinstance(d, dict) else d) for d in defenses]
 
 
 @dataclass
@@ -49,6 +102,7 @@ class RunData:
     attacks: dict[str, dict[str, Any]] = field(default_factory=dict)
     figures: list[ArtefactFigure] = field(default_factory=list)
     artefact_files: list[str] = field(default_factory=list)
+    scores: dict[str, Scores] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -129,4 +183,5 @@ def load_run(run_dir: str | Path) -> RunData:
         attacks=_optional_json(path / ATTACKS, dict) or {},
         figures=_artefact_figures(path),
         artefact_files=artefact_files,
+        scores=attack_scores(path),
     )

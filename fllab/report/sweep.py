@@ -6,6 +6,12 @@ columns, an optional ``seed``, and metric columns with the dotted names of ``sum
 parameter setting (mean ± std); trade-off figures plot settings, or cells when each setting ran
 once, and mark the Pareto front.  The sweep definition (``sweep.yaml``) is shown when present,
 and each cell links to its own run directory (``cells/<cell>/``) when that exists.
+
+Privacy sweeps (membership attacks, audits, DP defenses) also get a privacy section built from the
+cell directories: membership ROC curves overlaid across cells (log-log, from each cell's saved
+per-record scores), the privacy-utility curve (test accuracy against TPR at 0.1% FPR and against
+the accounted epsilon, one line per defense, audited lower bounds beside each accounted epsilon)
+and a table of accounted beside audited epsilon.
 """
 from __future__ import annotations
 
@@ -18,10 +24,11 @@ from typing import Any
 import yaml
 
 from . import plots
-from .directions import direction_phrase, higher_is_better
+from .directions import AUDITED_EPSILONS, direction_phrase, higher_is_better
 from .output import FigureRef, save_figure, write_report
 from .pareto import pareto_front
-from .tables import Table, as_number, fmt, fmt_spread, short_names
+from .rundir import attack_scores, defense_names
+from .tables import Table, as_number, fmt, fmt_spread, records_table, short_names
 from ..errors import ConfigError, FllabError
 
 RESULTS = "results.csv"
@@ -187,6 +194,70 @@ def _heatmaps(sweep_dir: Path, settings: list[dict[str, Any]], params: list[str]
     return figures
 
 
+#: privacy quantities the privacy-utility figure draws test accuracy against, when the sweep has them.
+PRIVACY_AXES = ("membership.tpr_at_0.001_fpr", "privacy.epsilon")
+UTILITY = "utility.accuracy"
+_SERIES, _LABEL = "defenses", "setting"
+
+
+def _cell_dir(sweep_dir: Path, row: dict[str, Any]) -> Path | None:
+    folder = sweep_dir / CELLS / str(row.get("cell") or "")
+    return folder if row.get("cell") and folder.is_dir() else None
+
+
+def _series(sweep_dir: Path, row: dict[str, Any]) -> str:
+    """A cell's defenses (from its ``config.resolved.yaml``): the line it belongs to in the
+    privacy-utility figure, e.g. ``dp_sgd`` or ``rqm``; ``none`` without defenses."""
+    folder = _cell_dir(sweep_dir, row)
+    names = defense_names(folder) if folder else None
+    return "?" if names is None else ("+".join(names) or "none")
+
+
+def _privacy_section(sweep_dir: Path, results: SweepResults, points: list[dict[str, Any]], varying: list[str],
+                     aggregated: bool) -> dict[str, Any] | None:
+    """Membership ROC curves overlaid across cells (from each cell's ``artefacts/<attack>/scores.csv``),
+    test accuracy against TPR at 0.1% FPR and against the accounted epsilon with its audited lower
+    bounds, and a table of accounted beside audited epsilon; None when the sweep has none of them."""
+    def label(row: dict[str, Any]) -> str:
+        return " / ".join(str(row[p]) for p in varying) or str(row.get("cell") or "")
+
+    series_of = {tuple(r[p] for p in results.params): _series(sweep_dir, r) for r in results.rows}
+    marked = [{**p, _SERIES: series_of[tuple(p[k] for k in results.params)], _LABEL: label(p)} for p in points]
+    figures = []
+    axes = [m for m in PRIVACY_AXES if m in results.metrics]
+    if UTILITY in results.metrics and axes:
+        png = plots.privacy_utility_figure(marked, _SERIES, _LABEL, axes, UTILITY)
+        figures.append(save_figure(
+            sweep_dir, "privacy-utility", png, "Privacy-utility curve",
+            "Test accuracy against " + " and against ".join(axes) + ", one line per defense"
+            + (" (means over seeds)" if aggregated else "") + ". On the epsilon panel, filled points are accounted "
+            "epsilons and hollow ones audited lower bounds at the same accuracy: the true epsilon lies between them; "
+            "a dashed line is a run without DP accounting (ε = ∞)."))
+    seeds = len({r.get("seed") for r in results.rows}) > 1
+    curves: dict[str, list[tuple[str, Any, Any]]] = {}
+    for row in results.rows:
+        folder = _cell_dir(sweep_dir, row)
+        for attack, scores in (attack_scores(folder) if folder else {}).items():
+            if scores.is_member.any() and not scores.is_member.all():
+                name = label(row) + (f" (seed {row.get('seed')})" if seeds else "")
+                curves.setdefault(attack, []).append((name, scores.score, scores.is_member))
+    for attack, drawn in curves.items():
+        png = plots.roc_figure(drawn, f"{attack}: ROC across cells (log-log)")
+        figures.append(save_figure(
+            sweep_dir, f"roc-{attack}", png, f"{attack}: ROC curves across cells",
+            "One curve per cell from its saved per-record scores, both axes logarithmic; the dotted diagonal is guessing."))
+    audited = [m for m in AUDITED_EPSILONS if m in results.metrics]
+    table = None
+    if "privacy.epsilon" in results.metrics or audited:
+        columns = [_LABEL, _SERIES] + ([UTILITY] if UTILITY in results.metrics else []) + ["privacy.epsilon", *audited]
+        records = [{**p, "privacy.epsilon": p.get("privacy.epsilon") if p.get("privacy.epsilon") is not None else float("inf")}
+                   for p in marked]
+        table = records_table(records, columns)
+    if not figures and table is None:
+        return None
+    return {"figures": figures, "table": table}
+
+
 def _no_tradeoff_reason(results: SweepResults) -> str:
     if not any(m.startswith("utility.") for m in results.metrics):
         return "the results have no utility metric"
@@ -221,8 +292,9 @@ def sweep_context(sweep_dir: Path, x: str | None = None, y: str | None = None) -
     plotted = list(dict.fromkeys(m for pair in pairs for m in pair))
     varying = [p for p in results.params if len({r[p] for r in results.rows}) > 1]
     heatmaps = _heatmaps(sweep_dir, settings, varying, names, plotted, aggregated) if len(varying) == 2 else []
+    privacy = _privacy_section(sweep_dir, results, points, varying, aggregated)
     seeds = sorted({str(r.get("seed")) for r in results.rows if r.get("seed") not in (None, "")}, key=lambda s: (len(s), s))
-    toc = [("tradeoffs", "Trade-offs")] + ([("grid", "Grid")] if heatmaps else [])
+    toc = [("tradeoffs", "Trade-offs")] + ([("privacy", "Privacy")] if privacy else []) + ([("grid", "Grid")] if heatmaps else [])
     toc += ([("settings", "Settings")] if aggregated else []) + [("cells", "All cells")]
     definition = sweep_dir / DEFINITION
     definition_text = definition.read_text(encoding="utf-8") if definition.is_file() else None
@@ -241,6 +313,7 @@ def sweep_context(sweep_dir: Path, x: str | None = None, y: str | None = None) -
         "tradeoffs": tradeoffs,
         "no_tradeoff_reason": None if pairs else _no_tradeoff_reason(results),
         "heatmaps": heatmaps,
+        "privacy": privacy,
         "settings": _points_table(settings, results, names, labels, True, sweep_dir) if aggregated else None,
         "cells_table": _points_table(results.rows, results, names, None if aggregated else labels, False, sweep_dir),
     }

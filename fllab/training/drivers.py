@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import torch
 
-from ..seeding import derive_seed, numpy_gen
+from ..errors import ConfigError
+from ..seeding import derive_seed, numpy_gen, torch_gen
 from ..types import ClientResult, TensorData, UpdateObservation
 
 if TYPE_CHECKING:
@@ -124,6 +125,22 @@ def score_inversion(attack: Any, observations, recs, truths, evaluation: Any) ->
     return AttackOutcome("inversion", metrics, rows, files)
 
 
+#: delta of the audited bounds when no accounting defense reports one (an undefended run).
+DEFAULT_AUDIT_DELTA = 1e-5
+
+
+def audit_delta(engine: "Engine") -> float:
+    """The delta an audit tests against: the accounted one, else :data:`DEFAULT_AUDIT_DELTA`."""
+    return float(engine.privacy.get("privacy.delta", DEFAULT_AUDIT_DELTA))
+
+
+def client_records(engine: "Engine", cid: int) -> TensorData:
+    """Client ``cid``'s training data without the canaries an audit planted at its end: the
+    records a membership attack's members are drawn from."""
+    data = engine.client_data[cid]
+    planted = sum(d.planted for d in engine.drivers if isinstance(d, CanaryAuditDriver) and d.client == cid)
+    return data.subset(torch.arange(len(data) - planted, device=data.x.device)) if planted else data
+
 
 class MembershipDriver:
     """Membership inference from either position, scored as AUC / TPR at low FPR plus an
@@ -177,7 +194,8 @@ class MembershipDriver:
         if p.position == "outsider":
             from ..types import ModelObservation
 
-            pool = TensorData(torch.cat([d.x for d in eng.client_data]), torch.cat([d.y for d in eng.client_data]))
+            parts = [client_records(eng, c) for c in range(len(eng.client_data))]
+            pool = TensorData(torch.cat([d.x for d in parts]), torch.cat([d.y for d in parts]))
             candidates, population, is_member = self._split(pool, "outsider")
             obs = ModelObservation(eng.model_handle, eng.global_params.clone(), population)
             return self.attack.score(obs, candidates, seed), is_member
@@ -185,7 +203,7 @@ class MembershipDriver:
         for cid, observed in self.observations.items():
             if not observed:
                 raise RuntimeError(f"{self.attack.registry_name}: client {cid} was never observed; check rounds")
-            candidates, _, is_member = self._split(eng.client_data[cid], cid)
+            candidates, _, is_member = self._split(client_records(eng, cid), cid)
             scores.append(self.attack.score_rounds(observed, candidates, seed))
             labels.append(is_member)
         return torch.cat(scores), torch.cat(labels)
@@ -193,21 +211,77 @@ class MembershipDriver:
     def finish(self) -> "AttackOutcome | None":
         from ..metrics.membership import membership_metrics
         from ..privacy.audit import jagielski_epsilon_lower_bound
+        from ..report.rundir import SCORES, scores_csv
         from .engine import AttackOutcome
 
         p = self.attack.params
         scores, is_member = self._scores()
         scores = scores.detach().double().cpu()
         metrics = membership_metrics(scores, is_member)
-        delta = self.engine.privacy.get("privacy.delta", 1e-5)
-        bound = jagielski_epsilon_lower_bound(scores.numpy(), is_member.numpy(), delta=delta, alpha=0.05)
+        bound = jagielski_epsilon_lower_bound(scores.numpy(), is_member.numpy(), delta=audit_delta(self.engine), alpha=0.05)
         metrics["privacy.epsilon_lower_bound"] = float(bound.epsilon)
-        lines = ["index,is_member,score"] + [f"{i},{int(m)},{float(s)!r}" for i, (m, s) in enumerate(zip(is_member, scores))]
-        files = {"scores.csv": ("\n".join(lines) + "\n").encode()}
+        files = {SCORES: scores_csv(scores, is_member)}
         observed = sum(len(v) for v in self.observations.values()) if p.position == "server" else None
         table = [{"position": p.position, "candidates": len(is_member), "uploads_observed": observed,
                   **{k.split(".", 1)[1]: v for k, v in metrics.items()}}]
         return AttackOutcome("membership", metrics, table, files)
 
 
-DRIVERS = {"inversion": InversionDriver, "membership": MembershipDriver}
+class CanaryAuditDriver:
+    """The one-run canary audit (Steinke, Nasr & Jagielski 2023; :mod:`fllab.attacks.membership.canary`).
+
+    Planting happens when the engine builds the driver (after partitioning, before round 0): the
+    attack crafts ``canaries`` canaries for the audited client (consuming some of its records,
+    which leave its data), and each canary is appended to the client's data independently with
+    probability 1/2 (the draws derive from the root seed).  After training the attack scores
+    every canary from the outsider's observation (the final model; the test split as population)
+    and the driver counts its guesses against the inclusion truth.  Membership attacks in the
+    same scenario do not count the planted canaries as members (:func:`client_records`)."""
+
+    def __init__(self, attack: Any, engine: "Engine"):
+        self.attack = attack
+        self.engine = engine
+        p = attack.params
+        path = f"attacks.{engine.setup.attacks.index(attack)}"
+        if p.client >= len(engine.client_data):
+            raise ConfigError(f"client {p.client} does not exist; the federation has {len(engine.client_data)} clients", f"{path}.client")
+        data = engine.client_data[p.client]
+        gen = torch_gen(engine.root, "attack", attack.registry_name, "canaries")
+        try:
+            self.canaries, consumed = attack.craft(data.to("cpu"), engine.bundle.num_classes, gen)
+        except ValueError as err:
+            raise ConfigError(f"{err} (client {p.client})", f"{path}.canaries") from None
+        self.inserted = torch.rand(len(self.canaries), generator=gen) < 0.5
+        keep = torch.ones(len(data), dtype=torch.bool)
+        keep[consumed] = False
+        rest = data.subset(keep.nonzero().squeeze(1).to(data.x.device))
+        planted = self.canaries.subset(self.inserted.nonzero().squeeze(1)).to(data.x.device)
+        engine.client_data[p.client] = TensorData(torch.cat([rest.x, planted.x]), torch.cat([rest.y, planted.y]))
+        self.client, self.planted = p.client, len(planted)
+
+    def on_round(self, view: RoundView) -> None:
+        """The audit looks only at the final model."""
+
+    def finish(self) -> "AttackOutcome":
+        from ..metrics.membership import auc
+        from ..privacy.audit import one_run_epsilon_from_scores
+        from ..report.rundir import SCORES, scores_csv
+        from ..types import ModelObservation
+        from .engine import AttackOutcome
+
+        eng, p = self.engine, self.attack.params
+        obs = ModelObservation(eng.model_handle, eng.global_params.clone(), eng.test)
+        scores = self.attack.score(obs, self.canaries).detach().double().cpu()
+        audit = one_run_epsilon_from_scores(
+            scores.numpy(), self.inserted.numpy(), p.guess_members, p.guess_nonmembers, audit_delta(eng), p.beta
+        )
+        metrics = {"privacy.epsilon_lower_bound_one_run": audit.epsilon}
+        inserted = int(self.inserted.sum())
+        table = [{"client": p.client, "kind": p.kind, "canaries": audit.m, "inserted": inserted,
+                  "guesses": audit.guesses, "correct": audit.correct,
+                  "canary_auc": auc(scores, self.inserted) if 0 < inserted < audit.m else None,
+                  "epsilon_lower_bound_one_run": audit.epsilon}]
+        return AttackOutcome("audit", metrics, table, {SCORES: scores_csv(scores, self.inserted)})
+
+
+DRIVERS = {"inversion": InversionDriver, "membership": MembershipDriver, "audit": CanaryAuditDriver}

@@ -1,11 +1,18 @@
 """K models of one architecture trained at once: the shadow / reference models of membership
 inference (Shokri et al. 2017; Carlini et al. 2022; Zarifzadeh et al. 2024) as one computation.
 
-The K parameter vectors are stacked into one ``(K, d)`` tensor and the model is run as a pure
-function of a flat vector (:class:`~fllab.attacks.inversion.common.VictimModel`, i.e.
-``torch.func.functional_call`` on an unflattened view), lifted over the K models with
-``torch.func.vmap``.  One optimizer step of all K models is one batched forward, one backward and
-one fused SGD update on ``(K, d)``.
+The K parameter vectors are stacked into one ``(K, d)`` tensor.  One optimizer step of all K
+models is one batched forward, one backward and one fused SGD update on the stack, with the
+gradients from one of two engines:
+
+* :class:`StackedMLP`, for ``nn.Sequential`` stacks of Flatten / Linear / element-wise activations
+  (:class:`fllab.models.mlp.MLP`, the shadow models of the membership scenarios): each layer runs
+  on all K models at once (``baddbmm`` on stacked weights) and the backward pass is written out
+  by hand into a preallocated ``(K, d)`` gradient buffer.  No autograd graph, no vmap batching
+  rules: a step is ~20 tensor operations, most of its time in the batched matrix products.
+* :class:`VmapGradient`, for any other architecture: the model as a pure function of its
+  weights (``torch.func.functional_call``) lifted over the K models with ``torch.func.vmap``,
+  one autograd backward.
 
 Each model trains on its own subset of a shared pool of records, given as a boolean mask row
 ``masks[k]``.  Model ``k`` sees exactly the mini-batches that :func:`fllab.training.local.sgd_train`
@@ -16,17 +23,18 @@ slots and a model whose steps are done is frozen, so every model follows the tra
 follow trained alone (:func:`train_ensemble` documents the exact optimizer).
 
 On a CPU this pays for small dense models (MLPs), whose per-model steps are dominated by
-per-call overhead; for convolutions on a CPU the cores are the limit (MEASURED.md) and batching
-gains little.
+per-call overhead (``benchmarks/bench_shadow_ensemble.py``: 16 MLPs 64-128-10, >= 4x over 16
+``sgd_train`` runs); for convolutions on a CPU the cores are the limit and batching gains little.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pad_sequence
 from torch.func import functional_call, vmap
 
 from ...models.flat import flatten_params
@@ -99,10 +107,12 @@ def batch_schedule(masks: Tensor, batch_size: int, epochs: float, seed: int) -> 
     index = torch.zeros(t, k, width, dtype=torch.long)
     weight = torch.zeros(t, k, width)
     active = torch.zeros(t, k, dtype=torch.bool)
+    slots = torch.arange(width)
     for j, (m, s) in enumerate(zip(members, steps)):
-        for step, local in enumerate(batch_order(m.numel(), batch_size, s, torch_gen(seed, "ensemble", "batches", j))):
-            index[step, j, : local.numel()] = m[local]
-            weight[step, j, : local.numel()] = 1.0
+        batches = batch_order(m.numel(), batch_size, s, torch_gen(seed, "ensemble", "batches", j))
+        padded = pad_sequence(batches, batch_first=True)  # (s, <= width), zeros after a partial batch
+        index[:s, j, : padded.shape[1]] = m[padded]
+        weight[:s, j] = (slots < torch.tensor([b.numel() for b in batches]).unsqueeze(1)).to(weight.dtype)
         active[:s, j] = True
     return BatchSchedule(index, weight, active)
 
@@ -130,7 +140,9 @@ def train_ensemble(
     ``sgd_train`` on ``(x[masks[k]], y[masks[k]])`` from ``init[k]`` with generator
     ``torch_gen(seed, "ensemble", "batches", k)`` ends, up to float rounding.
 
-    Batch-norm layers, if any, use batch statistics and keep no running averages
+    Gradients come from :class:`StackedMLP` (hand-written batched backward) when the model is a
+    sequence of layers it knows, else from :class:`VmapGradient` (any architecture).  Batch-norm
+    layers, if any, use batch statistics and keep no running averages
     (:class:`~fllab.attacks.inversion.common.VictimModel`).
     """
     masks = torch.as_tensor(masks, dtype=torch.bool)
@@ -146,40 +158,193 @@ def train_ensemble(
     index, weight = plan.index.to(x.device), plan.weight.to(device=x.device, dtype=x.dtype)
     # A frozen model still runs (on record 0, weight 1, so its loss stays finite) but takes no step.
     weight[~plan.active] = 1.0
+    scale = (weight / weight.sum(dim=-1, keepdim=True)).unsqueeze(-1)  # (T, K, B, 1): each model's batch mean
     everyone = plan.active.all(dim=1).tolist()
     step_size = lr * plan.active.to(device=x.device, dtype=x.dtype)  # (T, K)
 
-    # One leaf tensor (K, *shape) per parameter: gradients come back per parameter without the
-    # zero-filled (K, d) buffers that slicing one flat leaf would cost in every backward pass.
-    names = [name for name, _ in model.shapes]
-    leaves = [t.clone().requires_grad_(True) for t in stacked_views(flat, model.shapes)]
-    per_model = [(k,) + (1,) * (leaf.dim() - 1) for leaf in leaves]
-    velocity = [torch.zeros_like(leaf) for leaf in leaves] if momentum else []
-
-    def forward(ps: list[Tensor], xb: Tensor) -> Tensor:
-        return functional_call(model.module, (dict(zip(names, ps)), model.buffers), (xb,))
-
-    logits = vmap(forward)
+    grad_fn = StackedMLP.of(model, flat, x, y) or VmapGradient(model, flat, y)
+    params = grad_fn.params
+    per_model = [(k,) + (1,) * (p.dim() - 1) for p in params]
+    velocity = [torch.zeros_like(p) for p in params] if momentum else []
     for t in range(index.shape[0]):
-        idx, w = index[t], weight[t]
-        log_p = torch.log_softmax(logits(leaves, x[idx]), dim=-1)
-        nll = -log_p.gather(-1, y[idx].unsqueeze(-1)).squeeze(-1)
-        loss = ((nll * w).sum(1) / w.sum(1)).sum()  # models are independent: d/dw_k is model k's gradient
-        grads = torch.autograd.grad(loss, leaves)
+        grads = grad_fn(gather(x, index[t]), index[t], scale[t])
         with torch.no_grad():
             if weight_decay:
-                grads = torch._foreach_add(grads, leaves, alpha=weight_decay)
+                torch._foreach_add_(grads, params, alpha=weight_decay)
             if momentum:
                 torch._foreach_mul_(velocity, momentum)
                 torch._foreach_add_(velocity, grads)
                 grads = velocity
             if everyone[t]:
-                torch._foreach_add_(leaves, grads, alpha=-lr)
+                torch._foreach_add_(params, grads, alpha=-lr)
             else:
                 rates = [step_size[t].view(shape) for shape in per_model]
-                torch._foreach_sub_(leaves, torch._foreach_mul(grads, rates))
-    params = torch.cat([leaf.detach().reshape(k, -1) for leaf in leaves], dim=1)
-    return Ensemble(model, params, masks)
+                torch._foreach_sub_(params, torch._foreach_mul(grads, rates))
+    return Ensemble(model, grad_fn.flat(), masks)
+
+
+def gather(rows: Tensor, idx: Tensor) -> Tensor:
+    """``rows[idx]`` for a (K, B) index, as one ``index_select`` (a third of advanced indexing's cost)."""
+    return rows.index_select(0, idx.reshape(-1)).view(*idx.shape, *rows.shape[1:])
+
+
+class VmapGradient:
+    """Per-model gradients of the mean cross-entropy for any architecture:
+    ``torch.func.functional_call`` on the module lifted over the K models with ``vmap``, one
+    backward pass.  ``params`` are one leaf (K, *shape) per parameter, so gradients come back per
+    parameter without the zero-filled (K, d) buffers that slicing one flat leaf would cost."""
+
+    def __init__(self, model: VictimModel, flat: Tensor, y: Tensor):
+        self.y = y
+        self.params = [t.clone().requires_grad_(True) for t in stacked_views(flat, model.shapes)]
+        names = [name for name, _ in model.shapes]
+
+        def forward(ps: list[Tensor], xb: Tensor) -> Tensor:
+            return functional_call(model.module, (dict(zip(names, ps)), model.buffers), (xb,))
+
+        self.logits = vmap(forward)
+
+    def __call__(self, xb: Tensor, idx: Tensor, scale: Tensor) -> list[Tensor]:
+        log_p = torch.log_softmax(self.logits(self.params, xb), dim=-1)
+        nll = -log_p.gather(-1, gather(self.y, idx).unsqueeze(-1))
+        # models are independent: d/dw_k of the sum is model k's gradient
+        return list(torch.autograd.grad((nll * scale).sum(), self.params))
+
+    def flat(self) -> Tensor:
+        return torch.cat([p.detach().flatten(1) for p in self.params], dim=1)
+
+
+class _Layer(Protocol):
+    """One layer run on K models at once: ``forward`` on (K, B, ...) inputs with the layer's
+    stacked parameters ``p``; ``backward`` writes the parameter gradients into ``g`` (views of
+    the (K, d) gradient buffer) and returns the input gradient when ``need_input``."""
+
+    num_params: int
+
+    def forward(self, p: list[Tensor], x: Tensor) -> Tensor: ...
+
+    def backward(self, p: list[Tensor], x: Tensor, out: Tensor, grad: Tensor, g: list[Tensor], need_input: bool) -> Tensor | None: ...
+
+
+class _Linear:
+    """``nn.Linear`` (with bias) over K models: ``x (K, B, in) -> x W_k^T + b_k``, weights
+    (K, out, in), bias (K, out)."""
+
+    num_params = 2
+
+    def forward(self, p: list[Tensor], x: Tensor) -> Tensor:
+        return torch.baddbmm(p[1].unsqueeze(1), x, p[0].transpose(1, 2))
+
+    def backward(self, p: list[Tensor], x: Tensor, out: Tensor, grad: Tensor, g: list[Tensor], need_input: bool) -> Tensor | None:
+        torch.bmm(grad.transpose(1, 2), x, out=g[0])
+        torch.sum(grad, dim=1, out=g[1])
+        return torch.bmm(grad, p[0]) if need_input else None
+
+
+class _Flatten:
+    """``nn.Flatten()`` with its defaults (every dimension after the batch) over K models."""
+
+    num_params = 0
+
+    def forward(self, p: list[Tensor], x: Tensor) -> Tensor:
+        return x.flatten(2)
+
+    def backward(self, p: list[Tensor], x: Tensor, out: Tensor, grad: Tensor, g: list[Tensor], need_input: bool) -> Tensor | None:
+        return grad.reshape(x.shape) if need_input else None
+
+
+class _Activation:
+    """An element-wise activation, its derivative written in terms of its output."""
+
+    num_params = 0
+
+    def __init__(self, fn: Callable[[Tensor], Tensor], derivative: Callable[[Tensor, Tensor], Tensor]):
+        self.fn, self.derivative = fn, derivative
+
+    def forward(self, p: list[Tensor], x: Tensor) -> Tensor:
+        return self.fn(x)
+
+    def backward(self, p: list[Tensor], x: Tensor, out: Tensor, grad: Tensor, g: list[Tensor], need_input: bool) -> Tensor | None:
+        return self.derivative(out, grad) if need_input else None
+
+
+def _leaky_relu(module: nn.LeakyReLU) -> _Activation | None:
+    slope = module.negative_slope
+    if slope <= 0:
+        return None  # the derivative is read off the output's sign, which needs a positive slope
+    return _Activation(lambda x: torch.nn.functional.leaky_relu(x, slope), lambda out, g: torch.where(out > 0, g, g * slope))
+
+
+#: layer type -> its K-model kernel, or None for a configuration it does not cover (the layers of
+#: :class:`fllab.models.mlp.MLP`).  ``threshold_backward`` is autograd's own ReLU derivative, one
+#: kernel (``where`` costs ~25x more on these small blocks).
+STACKED_LAYERS: dict[type[nn.Module], Callable[[Any], _Layer | None]] = {
+    nn.Linear: lambda m: _Linear() if m.bias is not None else None,
+    nn.Flatten: lambda m: _Flatten() if (m.start_dim, m.end_dim) == (1, -1) else None,
+    nn.ReLU: lambda m: _Activation(torch.relu, lambda out, g: torch.ops.aten.threshold_backward(g, out, 0)),
+    nn.Sigmoid: lambda m: _Activation(torch.sigmoid, lambda out, g: g * out * (1 - out)),
+    nn.Tanh: lambda m: _Activation(torch.tanh, lambda out, g: g * (1 - out * out)),
+    nn.LeakyReLU: _leaky_relu,
+}
+
+
+class StackedMLP:
+    """Per-model gradients of the mean cross-entropy for an ``nn.Sequential`` of the layers in
+    :data:`STACKED_LAYERS`, without autograd or vmap: the forward pass runs every layer on the
+    K models at once (``baddbmm`` on stacked weights), the backward pass is written out
+    (``softmax - onehot`` scaled by each record's batch weight, then ``bmm`` per layer) and lands
+    in one preallocated (K, d) buffer, so the optimizer step is a few fused operations on (K, d).
+
+    This is the shadow / reference-model case of the membership attacks (MLPs on small records),
+    where a step's time is per-operation overhead: one autograd + vmap pass costs several times
+    the arithmetic (``benchmarks/bench_shadow_ensemble.py``)."""
+
+    def __init__(self, layers: list[_Layer], flat: Tensor, shapes: list[tuple[str, torch.Size]], x: Tensor, y: Tensor):
+        self.layers = layers
+        self.weights = flat.clone()
+        self.grad = torch.zeros_like(self.weights)
+        views, grads = iter(stacked_views(self.weights, shapes)), iter(stacked_views(self.grad, shapes))
+        self.layer_params = [[next(views) for _ in range(layer.num_params)] for layer in layers]
+        self.layer_grads = [[next(grads) for _ in range(layer.num_params)] for layer in layers]
+        self.first = next(i for i, layer in enumerate(layers) if layer.num_params)  # no input gradient below it
+        num_classes = self.forward(x[:1].expand(flat.shape[0], 1, *x.shape[1:]))[-1].shape[-1]
+        self.onehot = torch.nn.functional.one_hot(y, num_classes).to(flat.dtype)
+        self.params = [self.weights]
+
+    @classmethod
+    def of(cls, model: VictimModel, flat: Tensor, x: Tensor, y: Tensor) -> "StackedMLP | None":
+        """The stacked kernel of ``model``, or None when a layer has none (or the model keeps buffers)."""
+        module = model.module
+        if not isinstance(module, nn.Sequential) or model.buffers:
+            return None
+        layers = [STACKED_LAYERS[type(child)](child) if type(child) in STACKED_LAYERS else None for child in module]
+        if any(layer is None for layer in layers):
+            return None
+        counts = [sum(1 for _ in child.parameters(recurse=False)) for child in module]
+        if counts != [layer.num_params for layer in layers] or not any(counts):
+            return None
+        return cls(layers, flat, model.shapes, x, y)
+
+    def forward(self, xb: Tensor) -> list[Tensor]:
+        """Every layer's input and, last, the logits, for a batch (K, B, *record shape)."""
+        acts = [xb]
+        for layer, p in zip(self.layers, self.layer_params):
+            acts.append(layer.forward(p, acts[-1]))
+        return acts
+
+    def __call__(self, xb: Tensor, idx: Tensor, scale: Tensor) -> list[Tensor]:
+        acts = self.forward(xb)
+        # d(mean CE)/d logits = (softmax - onehot) * weight / batch weight; the softmax is spelt out
+        # because torch.softmax over a last dimension of ~10 classes is several times slower on CPUs
+        z = acts[-1] - acts[-1].amax(dim=-1, keepdim=True)
+        p = z.exp_()
+        grad = p.div_(p.sum(dim=-1, keepdim=True)).sub_(gather(self.onehot, idx)).mul_(scale)
+        for i in range(len(self.layers) - 1, self.first - 1, -1):
+            grad = self.layers[i].backward(self.layer_params[i], acts[i], acts[i + 1], grad, self.layer_grads[i], i > self.first)
+        return [self.grad]
+
+    def flat(self) -> Tensor:
+        return self.weights
 
 
 def stacked_views(flat: Tensor, shapes: list[tuple[str, torch.Size]]) -> list[Tensor]:

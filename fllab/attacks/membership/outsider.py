@@ -28,6 +28,7 @@ random halves of ``candidates + population``, so that every candidate is IN for 
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Literal
 
@@ -128,59 +129,88 @@ def _cpu(scores: Tensor) -> Tensor:
     return scores.detach().to(device="cpu", dtype=torch.float64)
 
 
+def _target_losses(obs: ModelObservation, records: TensorData) -> Tensor:
+    """Cross-entropy of the final model on each record."""
+    data = _on(records, obs)
+    return kernels.record_loss(model_logits(_target(obs), obs.params, data.x), data.y)
+
+
+def target_loss_scores(obs: ModelObservation, candidates: TensorData) -> Tensor:
+    """The negated cross-entropy of the final model on each candidate (Yeom et al. 2018): the
+    signal of the ``loss`` attack and of the one-run canary audit."""
+    return _cpu(kernels.loss_scores(_target_losses(obs, candidates)))
+
+
 # ---------------------------------------------------------------------------------------- attacks
 
 
-@ATTACKS.register("loss")
-class LossAttack:
-    """Loss threshold (Yeom et al. 2018): a record the model fits unusually well was likely
-    trained on.  Score: the negated cross-entropy of the target model on the record."""
+class _OutsiderAttack(ABC):
+    """Shared plumbing of the outsider attacks: family, threat model, what they can work with,
+    and the checks before scoring; each attack computes its scores in ``_score``."""
 
     family = "membership"
-    summary = "membership by the target model's loss on the record (lower loss = member)"
     threat_model = OUTSIDER_THREAT
-    references = (
-        "Yeom, Giacomelli, Fredrikson & Jha 2018, Privacy Risk in Machine Learning: Analyzing the Connection to Overfitting (CSF)",
-    )
     needs = ANY_UPDATE
-    Params = OutsiderParams
 
     def __init__(self, params: OutsiderParams):
         self.params = params
 
     def score(self, obs: ModelObservation, candidates: TensorData, seed: int) -> Tensor:
         _check(obs, candidates, self.registry_name)
-        cand = _on(candidates, obs)
-        return _cpu(kernels.loss_scores(kernels.record_loss(model_logits(_target(obs), obs.params, cand.x), cand.y)))
+        return _cpu(self._score(obs, candidates, seed))
+
+    @abstractmethod
+    def _score(self, obs: ModelObservation, candidates: TensorData, seed: int) -> Tensor:
+        """One score per candidate, higher = more likely a member."""
+
+
+class _ReferenceAttack(_OutsiderAttack):
+    """An attack scored from the target's and its reference models' outputs
+    (:func:`reference_outputs`), online when its params say ``mode: online``."""
+
+    def _score(self, obs: ModelObservation, candidates: TensorData, seed: int) -> Tensor:
+        online = getattr(self.params, "mode", "offline") == "online"
+        out = reference_outputs(obs, candidates, self.params, seed, online=online)
+        return self._from_references(obs, candidates, out, online, seed)
+
+    @abstractmethod
+    def _from_references(
+        self, obs: ModelObservation, candidates: TensorData, out: ReferenceOutputs, online: bool, seed: int
+    ) -> Tensor:
+        """Scores from the target's and the references' logits."""
+
+
+@ATTACKS.register("loss")
+class LossAttack(_OutsiderAttack):
+    """Loss threshold (Yeom et al. 2018): a record the model fits unusually well was likely
+    trained on.  Score: the negated cross-entropy of the target model on the record."""
+
+    summary = "membership by the target model's loss on the record (lower loss = member)"
+    references = (
+        "Yeom, Giacomelli, Fredrikson & Jha 2018, Privacy Risk in Machine Learning: Analyzing the Connection to Overfitting (CSF)",
+    )
+    Params = OutsiderParams
+
+    def _score(self, obs: ModelObservation, candidates: TensorData, seed: int) -> Tensor:
+        return target_loss_scores(obs, candidates)
 
 
 @ATTACKS.register("population")
-class PopulationAttack:
+class PopulationAttack(_OutsiderAttack):
     """Population attack (Ye et al. 2022, attack P): the target model's loss on a record against
     its losses on population records.  Scores are ``1 - p`` for the conformal p-value of "x is a
     non-member", so ``score >= 1 - alpha`` is a test with false-positive rate at most ``alpha``.
     The score is a non-decreasing function of the negated loss: the ROC is the loss attack's,
     coarsened where candidates fall between the same two population losses."""
 
-    family = "membership"
     summary = "loss compared with the target's population losses: a calibrated-threshold loss attack"
-    threat_model = OUTSIDER_THREAT
     references = (
         "Ye, Maddi, Murakonda, Bindschaedler & Shokri 2022, Enhanced Membership Inference Attacks against Machine Learning Models (CCS)",
     )
-    needs = ANY_UPDATE
     Params = OutsiderParams
 
-    def __init__(self, params: OutsiderParams):
-        self.params = params
-
-    def score(self, obs: ModelObservation, candidates: TensorData, seed: int) -> Tensor:
-        _check(obs, candidates, self.registry_name)
-        target = _target(obs)
-        cand, pop = _on(candidates, obs), _on(obs.population, obs)
-        loss_x = kernels.record_loss(model_logits(target, obs.params, cand.x), cand.y)
-        loss_z = kernels.record_loss(model_logits(target, obs.params, pop.x), pop.y)
-        return _cpu(kernels.population_scores(loss_x, loss_z))
+    def _score(self, obs: ModelObservation, candidates: TensorData, seed: int) -> Tensor:
+        return kernels.population_scores(_target_losses(obs, candidates), _target_losses(obs, obs.population))
 
 
 class ShadowParams(ReferenceParams):
@@ -190,34 +220,28 @@ class ShadowParams(ReferenceParams):
 
 
 @ATTACKS.register("shadow")
-class ShadowAttack:
+class ShadowAttack(_ReferenceAttack):
     """Shadow-model attack (Shokri et al. 2017).  K shadow models mimic the target, each trained on
     a random half of the population; an attack classifier learns IN vs OUT from their sorted
     softmax vectors on the population records (label-free features, the single-classifier variant
     of Salem et al. 2019), then scores the target's outputs on the candidates."""
 
-    family = "membership"
     summary = "shadow models + an attack classifier on sorted softmax vectors"
-    threat_model = OUTSIDER_THREAT
     references = (
         "Shokri, Stronati, Song & Shmatikov 2017, Membership Inference Attacks Against Machine Learning Models (IEEE S&P)",
         "Salem, Zhang, Humbert, Berrang, Fritz & Backes 2019, ML-Leaks: Model and Data Independent Membership Inference Attacks and Defenses on Machine Learning Models (NDSS)",
     )
-    needs = ANY_UPDATE
     Params = ShadowParams
 
-    def __init__(self, params: ShadowParams):
-        self.params = params
-
-    def score(self, obs: ModelObservation, candidates: TensorData, seed: int) -> Tensor:
+    def _from_references(
+        self, obs: ModelObservation, candidates: TensorData, out: ReferenceOutputs, online: bool, seed: int
+    ) -> Tensor:
         from sklearn.linear_model import LogisticRegression
         from sklearn.neural_network import MLPClassifier
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
-        _check(obs, candidates, self.registry_name)
         p = self.params
-        out = reference_outputs(obs, candidates, p, seed, online=False)
         features = kernels.sorted_probabilities(out.ref_population, p.top_k).flatten(0, 1).cpu().numpy()
         labels = out.in_population.flatten().cpu().numpy().astype(np.int64)
         rng_seed = derive_seed(seed, "membership", "classifier") % 2**32
@@ -240,32 +264,24 @@ class LiRAParams(ReferenceParams):
 
 
 @ATTACKS.register("lira")
-class LiRA:
+class LiRA(_ReferenceAttack):
     """Likelihood-ratio attack (Carlini et al. 2022).  The signal is the logit-scaled confidence
     ``phi = log(p_y / (1 - p_y))``, approximately Gaussian over training runs.  Online: Gaussians
     fitted to IN and OUT reference models of each candidate, score = log-likelihood ratio.
     Offline: OUT references only (trained on the population), one-sided test ``log Pr[Z <= phi]``."""
 
-    family = "membership"
     summary = "LiRA: Gaussian likelihood ratio of logit-scaled confidence over reference models"
-    threat_model = OUTSIDER_THREAT
     references = ("Carlini, Chien, Nasr, Song, Terzis & Tramer 2022, Membership Inference Attacks From First Principles (IEEE S&P)",)
-    needs = ANY_UPDATE
     Params = LiRAParams
 
-    def __init__(self, params: LiRAParams):
-        self.params = params
-
-    def score(self, obs: ModelObservation, candidates: TensorData, seed: int) -> Tensor:
-        _check(obs, candidates, self.registry_name)
-        p = self.params
-        online = p.mode == "online"
-        out = reference_outputs(obs, candidates, p, seed, online=online)
+    def _from_references(
+        self, obs: ModelObservation, candidates: TensorData, out: ReferenceOutputs, online: bool, seed: int
+    ) -> Tensor:
         y = _on(candidates, obs).y
         phi = kernels.logit_confidence(out.target_candidates, y)
         ref_phi = kernels.logit_confidence(out.ref_candidates, y)
         stat = kernels.lira_online if online else kernels.lira_offline
-        return _cpu(stat(phi, ref_phi, out.in_candidates, p.fix_variance))
+        return stat(phi, ref_phi, out.in_candidates, self.params.fix_variance)
 
 
 class RMIAParams(ReferenceParams):
@@ -297,7 +313,7 @@ def tune_offline_a(ref_p: Tensor, inside: Tensor, gamma: float) -> float:
 
 
 @ATTACKS.register("rmia")
-class RMIA:
+class RMIA(_ReferenceAttack):
     """Robust membership inference (Zarifzadeh et al. 2024).  For a candidate x and each
     population record z, the likelihood ratio ``(Pr(x|theta)/Pr(x)) / (Pr(z|theta)/Pr(z))``
     compares how much the target model raises x's probability relative to the reference models,
@@ -305,24 +321,17 @@ class RMIA:
     ``Pr(.|theta)`` is the softmax probability of the true label; offline, ``Pr(x)`` is the OUT
     references' mean corrected by ``a`` (:func:`.kernels.rmia_marginal`)."""
 
-    family = "membership"
     summary = "RMIA: likelihood ratio Pr(x|theta)/Pr(x) against population records z"
-    threat_model = OUTSIDER_THREAT
     references = (
         "Zarifzadeh, Liu, Cheng & Shokri 2024, Low-Cost High-Power Membership Inference Attacks (ICML)",
         "privacy_meter (privacytrustlab/ml_privacy_meter): run_rmia, tune_offline_a",
     )
-    needs = ANY_UPDATE
     Params = RMIAParams
 
-    def __init__(self, params: RMIAParams):
-        self.params = params
-
-    def score(self, obs: ModelObservation, candidates: TensorData, seed: int) -> Tensor:
-        _check(obs, candidates, self.registry_name)
+    def _from_references(
+        self, obs: ModelObservation, candidates: TensorData, out: ReferenceOutputs, online: bool, seed: int
+    ) -> Tensor:
         p = self.params
-        online = p.mode == "online"
-        out = reference_outputs(obs, candidates, p, seed, online=online)
         y_x, y_z = _on(candidates, obs).y, _on(obs.population, obs).y
         ref_x = kernels.true_class_probability(out.ref_candidates, y_x)
         ref_z = kernels.true_class_probability(out.ref_population, y_z)
@@ -331,4 +340,4 @@ class RMIA:
             a = tune_offline_a(ref_z, out.in_population, p.gamma)
         ratio_x = kernels.true_class_probability(out.target_candidates, y_x) / kernels.rmia_marginal(ref_x, out.in_candidates, online, a)
         ratio_z = kernels.true_class_probability(out.target_population, y_z) / kernels.rmia_marginal(ref_z, out.in_population, online, a)
-        return _cpu(kernels.rmia_scores(ratio_x, ratio_z, p.gamma))
+        return kernels.rmia_scores(ratio_x, ratio_z, p.gamma)

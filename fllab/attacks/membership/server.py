@@ -156,8 +156,24 @@ class UpdateCosine(_UpdateAttack):
         return chunked_gradient_map(model, obs.global_params, data, lambda g: kernels.cosine_to(g, direction))
 
 
+class _CalibratedAttack(_UpdateAttack):
+    """A per-record signal that local training lowers on the client's records: the score is its
+    negation under the client's updated model, or, ``calibrated`` (Watson et al. 2022), how much
+    the update lowered it from the global model (per-record difficulty removed)."""
+
+    @abstractmethod
+    def _signal(self, model: VictimModel, weights: Tensor, data: TensorData) -> Tensor:
+        """The signal of every candidate under ``weights``."""
+
+    def _round_scores(self, obs: UpdateObservation, model: VictimModel, data: TensorData) -> Tensor:
+        after = self._signal(model, client_weights(obs), data)
+        if not self.params.calibrated:
+            return -after
+        return self._signal(model, obs.global_params, data) - after
+
+
 @ATTACKS.register("update_loss")
-class UpdateLoss(_UpdateAttack):
+class UpdateLoss(_CalibratedAttack):
     """Loss under the client's updated model: local training on a record lowers its loss.
     Calibrated (Watson et al. 2022), the score is how much the update lowered the record's loss
     (global-model loss minus updated-model loss); otherwise the negated updated-model loss (Yeom et
@@ -170,15 +186,12 @@ class UpdateLoss(_UpdateAttack):
     )
     Params = CalibratedServerParams
 
-    def _round_scores(self, obs: UpdateObservation, model: VictimModel, data: TensorData) -> Tensor:
-        after = kernels.record_loss(model_logits(model, client_weights(obs), data.x), data.y)
-        if not self.params.calibrated:
-            return -after
-        return kernels.record_loss(model_logits(model, obs.global_params, data.x), data.y) - after
+    def _signal(self, model: VictimModel, weights: Tensor, data: TensorData) -> Tensor:
+        return kernels.record_loss(model_logits(model, weights, data.x), data.y)
 
 
 @ATTACKS.register("update_gradnorm")
-class UpdateGradNorm(_UpdateAttack):
+class UpdateGradNorm(_CalibratedAttack):
     """Gradient norm under the client's updated model: training drives its records' gradients
     towards zero (Nasr et al. 2019 use gradient norms as membership features).  Score: the
     negated norm, or, calibrated, the drop of the norm from the global to the updated model."""
@@ -190,11 +203,5 @@ class UpdateGradNorm(_UpdateAttack):
     )
     Params = CalibratedServerParams
 
-    def _round_scores(self, obs: UpdateObservation, model: VictimModel, data: TensorData) -> Tensor:
-        def norms(g: Tensor) -> Tensor:
-            return g.norm(dim=1)
-
-        after = chunked_gradient_map(model, client_weights(obs), data, norms)
-        if not self.params.calibrated:
-            return -after
-        return chunked_gradient_map(model, obs.global_params, data, norms) - after
+    def _signal(self, model: VictimModel, weights: Tensor, data: TensorData) -> Tensor:
+        return chunked_gradient_map(model, weights, data, lambda g: g.norm(dim=1))
