@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -220,8 +221,14 @@ def report(run_dir: Path, x_metric: str | None, y_metric: str | None) -> None:
     click.echo(f"wrote {md} and {html}")
 
 
+def one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None) -> str:
+    """Warnings on the command line read like its errors: one line, no source excerpt."""
+    return f"warning: {message}\n"
+
+
 def entry() -> None:
     """Console-script entry: click's own usage errors exit 2 as well."""
+    warnings.formatwarning = one_line_warning
     main()
 
 

@@ -100,3 +100,6 @@ def test_a_broken_plugin_is_named_and_skipped(tmp_path):
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "True"
     assert "plugin 'broken'" in res.stderr and "no_such_module_xyz" in res.stderr
+    cli = subprocess.run([sys.executable, "-m", "fllab.cli", "list", "aggregator"], capture_output=True, text=True, env=env, timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    assert cli.stderr.startswith("warning: fllab plugin 'broken'") and cli.stderr.count("\n") == 1, cli.stderr

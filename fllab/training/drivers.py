@@ -218,7 +218,9 @@ class MembershipDriver:
         scores, is_member = self._scores()
         scores = scores.detach().double().cpu()
         metrics = membership_metrics(scores, is_member)
-        bound = jagielski_epsilon_lower_bound(scores.numpy(), is_member.numpy(), delta=audit_delta(self.engine), alpha=0.05)
+        bound = jagielski_epsilon_lower_bound(
+            scores.numpy(), is_member.numpy(), delta=audit_delta(self.engine), alpha=0.05, bonferroni=True
+        )  # the threshold is chosen on the same scores: correct for every threshold tried
         metrics["privacy.epsilon_lower_bound"] = float(bound.epsilon)
         files = {SCORES: scores_csv(scores, is_member)}
         observed = sum(len(v) for v in self.observations.values()) if p.position == "server" else None
