@@ -4,10 +4,25 @@ A run is written into ``<out>.partial`` and renamed to ``<out>`` only when compl
 directory that exists is whole.  A sweep writes one such run directory per cell under
 ``<sweep>/cells/`` and rebuilds ``results.csv`` from the finished cells after each one, so an
 interrupted sweep loses no finished cell and a re-run skips them.
+
+No-attack baselines (issue "Poisoning", Scoring: "accuracy drop against the same scenario without
+attackers").  A poisoning run with ``evaluation.baseline: true`` also needs its *twin*: the same
+resolved scenario and seed with ``attacks: []``.  The twin's identity is :func:`baseline_key`;
+``poisoning.accuracy_drop`` is the twin's ``utility.accuracy`` minus the run's, and
+``utility.baseline_accuracy`` the twin's.  A single run trains its twin first, into
+``<run>/baseline/`` (a whole run directory; a killed run's finished twin is kept for the re-run).
+A sweep takes the twin from a cell that trains exactly like it (no poisoning attack, same key:
+the ``none`` case of an attack axis), running that cell first when needed, and otherwise trains it
+once into ``<sweep>/baselines/<key>/``, shared by every cell with that key.  The run's
+``summary.json`` names the twin's run directory relative to its own (``"baseline": "baseline"``,
+``"../<cell>"`` or ``"../../baselines/<key>"``).  Cells with identical resolved configs run once:
+the later ones are copies.
 """
 from __future__ import annotations
 
+import copy
 import csv
+import hashlib
 import io as _io
 import json
 import os
@@ -17,7 +32,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import yaml
@@ -86,20 +101,84 @@ def default_out(name: str) -> Path:
 
 
 def prepare_out(out: Path, overwrite: bool) -> Path:
-    """Refuse to clobber a finished run unless asked; clear a stale partial run."""
+    """Refuse to clobber a finished run unless asked; clear a stale partial run, keeping only its
+    finished no-attack twin (``baseline/``, checked against the config before it is reused)."""
     if out.exists():
         if not overwrite:
             raise ConfigError(f"{out} already exists; pass --overwrite or choose another --out", "--out")
         shutil.rmtree(out)
     partial = out.with_name(out.name + ".partial")
     if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
+        for child in partial.iterdir():
+            if child.name == BASELINE_DIR and child.is_dir():
+                continue
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    partial.mkdir(parents=True, exist_ok=True)
     return partial
 
 
-def execute(setup: Setup, out: Path, *, quiet: bool = True, overwrite: bool = False, report: bool = True) -> dict[str, Any]:
-    """Run a resolved scenario and write its run directory; return the summary."""
+# ---------------------------------------------------------------------------- baselines
+BASELINE_DIR = "baseline"  # a single run's no-attack twin, inside its run directory
+SWEEP_BASELINES = "baselines"  # a sweep's twins that no cell provides, by key
+
+#: a run's twin: ``provider(setup) -> (twin summary, where the twin's run directory is)``
+BaselineProvider = Callable[[Setup], tuple[dict[str, Any], str]]
+
+
+def poisoned(setup: Setup) -> bool:
+    """Whether malicious clients take part (inversion and membership attackers only observe)."""
+    return any(a.family == "poisoning" for a in setup.attacks)
+
+
+def needs_baseline(setup: Setup) -> bool:
+    return setup.scenario.evaluation.baseline and poisoned(setup)
+
+
+def baseline_key(resolved: dict[str, Any]) -> str:
+    """Identity of a resolved scenario's no-attack twin: a digest of the config without its
+    attacks, name, description and ``evaluation.baseline`` switch (none of which changes how the
+    honest federation trains).  Equal keys, same training."""
+    twin = copy.deepcopy(resolved)
+    twin["attacks"] = []
+    for key in ("name", "description"):
+        twin.pop(key, None)
+    twin["evaluation"].pop("baseline", None)
+    blob = json.dumps(twin, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def baseline_setup(setup: Setup) -> Setup:
+    """The resolved twin of ``setup``: same config and seed, no attacks, named ``<name>.baseline``."""
+    data = copy.deepcopy(setup.resolved)
+    data.update(name=f"{setup.scenario.name}.baseline", attacks=[])
+    data["evaluation"]["baseline"] = False
+    return resolve(validate_schema(data))
+
+
+def cached_run(setup: Setup, run_dir: Path, *, quiet: bool) -> dict[str, Any]:
+    """The summary of ``run_dir`` when it holds a finished run of exactly ``setup``'s config;
+    otherwise run ``setup`` there (atomically) and return its summary."""
+    summary, config = run_dir / "summary.json", run_dir / "config.resolved.yaml"
+    if summary.is_file() and config.is_file() and yaml.safe_load(config.read_text()) == setup.resolved:
+        return json.loads(summary.read_text())
+    return execute(setup, run_dir, quiet=quiet, overwrite=True, report=False)
+
+
+def baseline_metrics(accuracy: float, twin: dict[str, Any]) -> dict[str, float]:
+    """``utility.baseline_accuracy`` (the twin's) and ``poisoning.accuracy_drop`` (twin minus run)."""
+    base = float(twin["metrics"]["utility.accuracy"])
+    return {"utility.baseline_accuracy": base, "poisoning.accuracy_drop": base - accuracy}
+
+
+def execute(
+    setup: Setup, out: Path, *, quiet: bool = True, overwrite: bool = False, report: bool = True,
+    baseline: BaselineProvider | None = None,
+) -> dict[str, Any]:
+    """Run a resolved scenario and write its run directory; return the summary.
+
+    When the scenario asks for a baseline (:func:`needs_baseline`), the twin comes from
+    ``baseline`` (a sweep's provider) or is trained into ``<out>/baseline/``; its time is not
+    part of ``run.seconds``."""
     sc = setup.scenario
     if out.exists() and not overwrite:
         raise ConfigError(f"{out} already exists; pass --overwrite or choose another --out", "--out")
@@ -109,6 +188,14 @@ def execute(setup: Setup, out: Path, *, quiet: bool = True, overwrite: bool = Fa
         engine = Engine(setup)
         engine.prepare()  # data, partition, model: config errors surface before anything is written
         partial = prepare_out(out, overwrite)
+        twin: tuple[dict[str, Any], str] | None = None
+        if needs_baseline(setup):
+            started = time.perf_counter()
+            if baseline is None:
+                twin = cached_run(baseline_setup(setup), partial / BASELINE_DIR, quiet=quiet), BASELINE_DIR
+            else:
+                twin = baseline(setup)
+            t0 += time.perf_counter() - started  # the twin's training is not this run's time
         atomic_write_yaml(partial / "config.resolved.yaml", setup.resolved)
         atomic_write_json(partial / "env.json", env_info(setup, device))
         bar = Progress(sc.federation.rounds, sc.name, quiet)
@@ -126,6 +213,8 @@ def execute(setup: Setup, out: Path, *, quiet: bool = True, overwrite: bool = Fa
             bar.close()
         seconds = time.perf_counter() - t0
     metrics = {**result.metrics, "run.seconds": seconds}
+    if twin is not None:
+        metrics.update(baseline_metrics(result.metrics["utility.accuracy"], twin[0]))
     atomic_write_json(partial / "partition.json", result.partition)
     if result.attacks:
         atomic_write_json(
@@ -136,6 +225,8 @@ def execute(setup: Setup, out: Path, *, quiet: bool = True, overwrite: bool = Fa
             for rel, blob in outcome.files.items():
                 atomic_write_bytes(partial / "artefacts" / name / rel, blob)
     summary = {"name": sc.name, "seed": sc.seed, "status": "ok", "metrics": metrics}
+    if twin is not None:
+        summary["baseline"] = twin[1]
     atomic_write_json(partial / "summary.json", summary)
     if report:
         from .report import build_report
@@ -163,8 +254,9 @@ def _flat_metric_columns(summaries: list[dict[str, Any]]) -> list[str]:
     return cols
 
 
-def write_results_csv(sweep_dir: Path, cells: list[tuple[str, dict[str, Any], int, dict[str, Any]]]) -> int:
-    """Rebuild results.csv from every finished cell (in grid order): one row per cell, no duplicates."""
+def write_results_csv(sweep_dir: Path, cells: list[tuple[str, dict[str, Any], int, Any]]) -> int:
+    """Rebuild results.csv from every finished cell (in grid order): one row per cell, no duplicates;
+    a ``reason`` column says why a skipped cell was refused."""
     rows, summaries = [], []
     for cid, values, seed, _ in cells:
         path = sweep_dir / "cells" / cid / "summary.json"
@@ -175,31 +267,116 @@ def write_results_csv(sweep_dir: Path, cells: list[tuple[str, dict[str, Any], in
         rows.append((cid, values, seed, summary))
     param_cols = list(cells[0][1].keys()) if cells else []
     metric_cols = _flat_metric_columns(summaries)
+    reasons = ["reason"] if any("reason" in s for s in summaries) else []
     buf = _io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["cell", *[f"param:{k}" for k in param_cols], "seed", "status", *metric_cols])
+    writer.writerow(["cell", *[f"param:{k}" for k in param_cols], "seed", "status", *reasons, *metric_cols])
     for cid, values, seed, summary in rows:
         writer.writerow(
             [cid, *[json.dumps(values[k]) if isinstance(values[k], (dict, list)) else values[k] for k in param_cols],
-             seed, summary["status"], *[summary["metrics"].get(m, "") for m in metric_cols]]
+             seed, summary["status"], *[summary.get("reason", "") for _ in reasons],
+             *[summary["metrics"].get(m, "") for m in metric_cols]]
         )
     atomic_write_text(sweep_dir / "results.csv", buf.getvalue())
     return len(rows)
 
 
-def run_sweep(data: dict[str, Any], out: Path | None = None, *, quiet: bool = True) -> tuple[Path, int, int]:
-    """Run every cell not yet finished; return (sweep dir, cells run now, cells total)."""
-    cells = expand_sweep(data)
+Cell = tuple[str, dict[str, Any], int, "Setup | str"]  # (cell id, swept values, seed, setup or refusal)
+
+
+def resolve_cells(data: dict[str, Any]) -> list[Cell]:
+    """Every cell of a sweep resolved and cross-checked, before any trains.  A refused cell (its
+    components cannot work together, or its no-attack twin cannot) is a ConfigError naming the
+    cell, or, with ``sweep.skip_invalid``, kept as the one-line reason in place of its setup."""
     scenario = validate_schema(data)
     skip_invalid = bool(scenario.sweep and scenario.sweep.skip_invalid)
-    setups: list[tuple[str, dict[str, Any], int, Setup | str]] = []
-    for cid, values, seed, cell in cells:  # every cell is checked before the first one trains
+    resolved: list[Cell] = []
+    for cid, values, seed, cell in expand_sweep(data):
         try:
-            setups.append((cid, values, seed, resolve(validate_schema(cell))))
+            setup = resolve(validate_schema(cell))
+            if needs_baseline(setup):
+                baseline_setup(setup)
         except ConfigError as err:
             if not skip_invalid:
                 raise ConfigError(f"sweep cell {values}: {err}") from None
-            setups.append((cid, values, seed, str(err)))
+            resolved.append((cid, values, seed, str(err)))
+            continue
+        resolved.append((cid, values, seed, setup))
+    return resolved
+
+
+def copy_run(src: Path, dst: Path) -> None:
+    """Copy a finished run directory to ``dst`` through ``dst.partial`` (atomic, like a run)."""
+    partial = dst.with_name(dst.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    shutil.copytree(src, partial)
+    os.replace(partial, dst)
+
+
+class SweepRun:
+    """One pass over a sweep's resolved cells: runs each unfinished cell once, provides poisoning
+    cells with their no-attack twins (module docstring), and copies cells whose resolved configs
+    are identical (e.g. the ``0`` fraction of several attacks: ``attacks: []`` each)."""
+
+    def __init__(self, sweep_dir: Path, name: str, cells: list[Cell], *, quiet: bool):
+        self.dir, self.name, self.cells, self.quiet = sweep_dir, name, cells, quiet
+        self.ran = 0
+        self.clean: dict[str, int] = {}  # baseline key -> first cell that trains without malicious clients
+        self.first: dict[int, int] = {}  # cell -> first cell with the same resolved config
+        seen: dict[str, int] = {}
+        for i, (_, _, _, setup) in enumerate(cells):
+            if isinstance(setup, Setup):
+                self.first[i] = seen.setdefault(json.dumps(setup.resolved, sort_keys=True, default=str), i)
+                if not poisoned(setup):
+                    self.clean.setdefault(baseline_key(setup.resolved), i)
+
+    def cell_dir(self, i: int) -> Path:
+        return self.dir / "cells" / self.cells[i][0]
+
+    def summary(self, i: int) -> dict[str, Any]:
+        """Cell ``i``'s summary, running the cell first when it has none."""
+        path = self.cell_dir(i) / "summary.json"
+        if not path.exists():
+            self._run(i)
+        return json.loads(path.read_text())
+
+    def _run(self, i: int) -> None:
+        cid, values, seed, setup = self.cells[i]
+        out = self.cell_dir(i)
+        if not self.quiet:
+            print(f"[{i + 1}/{len(self.cells)}] {cid} {values}", file=sys.stderr)
+        if isinstance(setup, str):  # refused combination: recorded, never trained
+            atomic_write_json(out / "summary.json", {"name": self.name, "seed": seed, "status": "skipped", "reason": setup, "metrics": {}})
+        elif self.first[i] != i:  # the same run as an earlier cell: copy it
+            self.summary(self.first[i])
+            copy_run(self.cell_dir(self.first[i]), out)
+        else:
+            execute(setup, out, quiet=self.quiet, overwrite=True, report=False, baseline=self.baseline)
+        self.ran += 1
+        write_results_csv(self.dir, self.cells)
+
+    def baseline(self, setup: Setup) -> tuple[dict[str, Any], str]:
+        """A poisoning cell's twin, as (summary, path relative to the cell's run directory): the
+        matching cell without malicious clients, else ``baselines/<key>/`` (trained once)."""
+        key = baseline_key(setup.resolved)
+        if key in self.clean:
+            j = self.clean[key]
+            return self.summary(j), f"../{self.cells[j][0]}"
+        twin = cached_run(baseline_setup(setup), self.dir / SWEEP_BASELINES / key, quiet=self.quiet)
+        return twin, f"../../{SWEEP_BASELINES}/{key}"
+
+    def run(self) -> int:
+        for i in range(len(self.cells)):
+            self.summary(i)
+        write_results_csv(self.dir, self.cells)
+        return self.ran
+
+
+def run_sweep(data: dict[str, Any], out: Path | None = None, *, quiet: bool = True) -> tuple[Path, int, int]:
+    """Run every cell not yet finished; return (sweep dir, cells run now, cells total)."""
+    cells = resolve_cells(data)
+    scenario = validate_schema(data)
     sweep_dir = Path(out) if out else Path("runs") / f"{scenario.name}-sweep"
     previous = sweep_dir / "sweep.yaml"
     if previous.exists() and yaml.safe_load(previous.read_text()) != data:
@@ -207,20 +384,7 @@ def run_sweep(data: dict[str, Any], out: Path | None = None, *, quiet: bool = Tr
     sweep_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_yaml(previous, data)
     atomic_write_json(sweep_dir / "cells.json", [{"cell": c, "values": v, "seed": s} for c, v, s, _ in cells])
-    ran = 0
-    for i, (cid, values, seed, setup) in enumerate(setups):
-        cell_dir = sweep_dir / "cells" / cid
-        if (cell_dir / "summary.json").exists():
-            continue
-        if not quiet:
-            print(f"[{i + 1}/{len(setups)}] {cid} {values}", file=sys.stderr)
-        if isinstance(setup, str):  # refused combination: recorded, never trained
-            atomic_write_json(cell_dir / "summary.json", {"name": scenario.name, "seed": seed, "status": "skipped", "reason": setup, "metrics": {}})
-        else:
-            execute(setup, cell_dir, quiet=quiet, overwrite=True, report=False)
-        ran += 1
-        write_results_csv(sweep_dir, cells)
-    write_results_csv(sweep_dir, cells)
+    ran = SweepRun(sweep_dir, scenario.name, cells, quiet=quiet).run()
     from .report import build_sweep_report
 
     build_sweep_report(sweep_dir)

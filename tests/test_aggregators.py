@@ -13,6 +13,7 @@ import torch
 
 from fllab.errors import ConfigError
 from fllab.registry import AGGREGATORS
+from fllab.seeding import torch_gen
 from fllab.defenses.aggregators import kernels as K
 
 
@@ -41,6 +42,25 @@ def test_gram_distances_match_direct_and_survive_a_large_common_offset():
     raw = K.sq_dists_from_gram(K.gram(shifted, None))
     assert torch.allclose(centred, exact, rtol=1e-4)
     assert not torch.allclose(raw, exact, rtol=1e-2)
+
+
+def test_gram_distances_stay_precise_when_far_byzantine_rows_drag_the_mean():
+    """A column-mean centre would sit 2/10 of the way to two updates 1e5 away: the honest updates,
+    sharing a component 1000x their spread, would keep ~2e4 each and lose their distances to
+    float32 cancellation.  The medoid centre (an honest row) keeps them."""
+    g = torch.Generator().manual_seed(3)
+    spread = torch.randn(10, 6000, generator=g)
+    x = spread + 1000.0
+    x[:2] = -1e5 + spread[:2]
+    honest = torch.cdist(spread[2:].double(), spread[2:].double()).square()
+    assert torch.allclose(K.pairwise_sq_dists(x)[2:, 2:], honest, rtol=1e-4, atol=1e-2)
+    mean_centred = K.sq_dists_from_gram(K.gram(x, x.mean(dim=0)))
+    assert not torch.allclose(mean_centred[2:, 2:], honest, rtol=1e-2)
+    # the same across many column blocks (the centre is re-chosen after each block)
+    wide = torch.randn(50, 300_000, generator=g) + 1000.0
+    wide[:10] = -1e5 + torch.randn(10, 300_000, generator=g)
+    exact = torch.cdist(wide[10:].double() - 1000.0, wide[10:].double() - 1000.0).square()
+    assert torch.allclose(K.pairwise_sq_dists(wide)[10:, 10:], exact, rtol=1e-4)
 
 
 def test_gram_with_explicit_center_and_sq_dists_to():
@@ -267,13 +287,34 @@ def test_nnm_by_hand_and_composed_with_mean():
 
 
 def test_preaggregators_reuse_one_scratch_buffer():
-    agg = build("arc", f=2, then="mean")
+    agg = build("arc", f=2, then="median")
     x = torch.randn(8, 5, generator=torch.Generator().manual_seed(3))
     first = agg(x)
     buf = agg.scratch
     assert torch.equal(agg(x), first) and agg.scratch is buf
     agg(x[:7])
     assert agg.scratch.shape == (7, 5)
+
+
+@pytest.mark.parametrize("name", ["nnm", "arc", "bucketing"])
+def test_preaggregator_then_mean_is_one_weighted_sum_equal_to_the_two_steps(name):
+    """With a linear inner rule the transform is folded into the mean's coefficients: no
+    intermediate updates, the same result as transforming and then averaging."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(12, 300, generator=g, dtype=torch.float64)
+    x[:3] *= 10.0  # large updates for ARC to clip, far ones for NNM to mix away
+    w = torch.rand(12, generator=g, dtype=torch.float64) + 0.5
+    params = {"nnm": {"f": 3}, "arc": {"f": 3}, "bucketing": {"s": 5, "seed": 2}}[name]
+    fused = build(name, then="mean", **params)
+    out = fused(x, w)
+    assert fused.scratch is None
+    perm = torch.randperm(12, generator=torch_gen(2, "bucketing", 0))
+    two_steps = {
+        "nnm": lambda: (w / w.sum()) @ K.nnm(x, 3),
+        "arc": lambda: (w / w.sum()) @ K.arc_clip(x, 3),
+        "bucketing": lambda: K.bucket_means(x, 5, perm).mean(dim=0),  # bucket means carry no weight
+    }[name]()
+    assert torch.allclose(out, two_steps, rtol=1e-12, atol=1e-12)
 
 
 def test_nnm_composes_with_krum():
@@ -454,7 +495,7 @@ def test_mudhog_flags_sign_flippers_and_noise_and_reports_unreliable_clients():
         x = mudhog_round(gen, rnd, common)
         out = agg(x, torch.ones(20), client_ids=ids)
         flags.append(agg.last_flagged)
-    assert flags[0] == flags[1] == ()  # warm-up: plain mean
+    assert flags[0] is flags[1] is None  # warm-up: plain mean, no verdict
     assert flags[-1] == (100, 101, 102, 103, 104)
     assert agg.last_report["sign_flip"] == (100, 101, 102)
     assert agg.last_report["additive_noise"] == (103, 104)
@@ -468,7 +509,7 @@ def test_mudhog_flags_non_finite_updates_and_works_without_ids():
     x = torch.randn(6, 4, generator=torch.Generator().manual_seed(1))
     x[2, 1] = math.nan
     out = agg(x)
-    assert agg.last_flagged == (2,)
+    assert agg.last_flagged is None  # warm-up: no verdict, but the faulty row is dropped and reported
     assert agg.last_report["non_finite"] == (2,)
     assert torch.allclose(out, x[[0, 1, 3, 4, 5]].mean(dim=0))
 

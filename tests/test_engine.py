@@ -116,3 +116,23 @@ def test_secure_aggregation_group_larger_than_sample_is_refused(tiny):
     tiny["defenses"] = [{"name": "secure_aggregation", "group_size": 9}]
     with pytest.raises(fllab.ConfigError, match="defenses.0.group_size: group_size 9 exceeds the 4 clients"):
         resolve(validate_schema(tiny))
+
+
+def test_dp_fedavg_with_a_secure_aggregation_view_is_refused_before_anything_is_written(tmp_path, tiny):
+    tiny["defenses"] = [{"name": "dp_fedavg", "noise_multiplier": 1.0}, {"name": "secure_aggregation", "group_size": 2}]
+    message = "defenses.0: dp_fedavg calibrates its noise to each client's own update at unit weight; secure_aggregation shows"
+    with pytest.raises(fllab.ConfigError, match=message):
+        resolve(validate_schema(tiny))
+    with pytest.raises(fllab.ConfigError, match="drop one of the two"):
+        fllab.run(tiny, tmp_path / "run")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("algorithm, sends", [("frl", "a ranking"), ("hyperfl", "a hypernetwork")])
+def test_dp_sgd_is_refused_for_algorithms_with_their_own_local_training(tiny, algorithm, sends):
+    """FRL trains supermask scores, HyperFL a hypernetwork, each with its own local schedule that
+    DP-SGD's per-sample clipping cannot wrap: refused by the capability check, before training."""
+    tiny["algorithm"] = {"name": algorithm}
+    tiny["defenses"] = [{"name": "dp_sgd", "noise_multiplier": 1.0}]
+    with pytest.raises(fllab.CapabilityError, match=f"^defenses.0: dp_sgd works on delta updates; algorithm {algorithm} sends {sends}$"):
+        resolve(validate_schema(tiny))

@@ -5,6 +5,7 @@ success rate, and end-to-end runs where each attack must beat the clean run or a
 from __future__ import annotations
 
 import copy
+import csv
 import math
 import tempfile
 from functools import cache
@@ -370,6 +371,36 @@ def test_backdoor_succeeds_without_defense_and_keeps_clean_accuracy(tmp_path, at
     engine, _ = final_model(backdoor_scenario(None, **federation))
     clean = ATTACKS.build(attack).evaluate(engine.server_model, engine.test)[METRIC]
     assert clean < 0.3 and metrics[METRIC] > clean + 0.5
+
+
+def test_norm_clipping_cuts_the_model_replacement_backdoor_on_digits():
+    """The boosted update (n/m = 4x) is clipped back to an honest norm; clean accuracy barely moves."""
+    attack = {"name": "pixel_backdoor", "fraction": 0.25, "size": 2, "poison_fraction": 0.5, "boost": "auto", "start_round": 7}
+    metrics = {}
+    for name, aggregator in (("mean", "mean"), ("clipped", {"name": "norm_clipping", "max_norm": 0.5})):
+        data = backdoor_scenario(attack)
+        data["aggregator"] = aggregator
+        metrics[name] = final_model(data)[1].metrics
+    assert metrics["mean"][METRIC] > 0.9
+    assert metrics["clipped"][METRIC] < metrics["mean"][METRIC] - 0.4
+    assert metrics["clipped"]["utility.accuracy"] > metrics["mean"]["utility.accuracy"] - 0.1
+
+
+@pytest.mark.slow
+def test_shipped_backdoor_clipping_sweep(tmp_path):
+    """scenarios/poisoning/backdoor_clipping.yaml as shipped: the backdoor succeeds without
+    clipping, clipping to 0.5 defeats it, and neither costs more than 2 points of clean accuracy."""
+    from fllab.runner import run_sweep
+    from fllab.scenario.loader import load_raw
+
+    out, _, _ = run_sweep(load_raw(Path(__file__).resolve().parents[1] / "scenarios" / "poisoning" / "backdoor_clipping.yaml"), tmp_path / "sw")
+    with open(out / "results.csv") as fh:
+        table = {(r["param:attack"], r["param:defense"]): r for r in csv.DictReader(fh)}
+    assert float(table[("backdoor", "no_clipping")][METRIC]) > 0.9
+    assert float(table[("backdoor", "clip_0.5")][METRIC]) < 0.3
+    for defense in ("no_clipping", "clip_1.0", "clip_0.5"):
+        assert abs(float(table[("backdoor", defense)]["poisoning.accuracy_drop"])) < 0.02
+    assert float(table[("none", "clip_0.5")]["utility.accuracy"]) > float(table[("none", "no_clipping")]["utility.accuracy"]) - 0.02
 
 
 E2E_ALGORITHM = {"name": "fedsgd", "lr": 0.5, "batch_size": 32}

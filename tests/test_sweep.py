@@ -96,4 +96,31 @@ def test_named_case_axes_cross_and_invalid_cells_are_skipped(tmp_path, tiny):
     assert len(table) == 4
     # krum with f=1 needs n > 2f + 2 = 4 clients: refused, recorded as skipped, never trained
     assert table[("none", "krum")]["status"] == "skipped" and table[("none", "krum")]["utility.accuracy"] == ""
+    assert "krum needs n > 2f + 2 (f=1, n=4)" in table[("none", "krum")]["reason"]
+    assert table[("sign_flip", "mean")]["reason"] == ""
     assert table[("sign_flip", "mean")]["status"] == "ok"
+
+
+def test_shipped_poisoning_sweeps_resolve_and_refuse_what_frl_cannot_host():
+    """ndss21_heatmap.yaml: the FRL column hosts label flipping and the rank attacks; gradient
+    attacks against it, and rank attacks against gradient aggregators, are skipped with the reason."""
+    from pathlib import Path
+
+    from fllab.runner import resolve_cells
+    from fllab.scenario.loader import load_raw
+
+    folder = Path(__file__).resolve().parents[1] / "scenarios" / "poisoning"
+    cells = {tuple(v.values()): s for _, v, _, s in resolve_cells(load_raw(folder / "ndss21_heatmap.yaml"))}
+    attacks, defenses = {a for a, _ in cells}, {d for _, d in cells}
+    assert len(cells) == len(attacks) * len(defenses) == 12 * 14
+    assert [a for a in sorted(attacks) if not isinstance(cells[(a, "frl")], str)] == ["label_flip", "none", "rank_adaptive", "rank_reversal"]
+    assert cells[("min_max", "frl")] == "attacks.0: min_max needs a delta or gradient update; algorithm frl sends a ranking"
+    assert cells[("rank_reversal", "krum")] == "attacks.0: rank_reversal needs a ranking update; algorithm fedsgd sends a gradient"
+    refused = {k for k, s in cells.items() if isinstance(s, str)}
+    assert refused == {(a, "frl") for a in attacks - {"label_flip", "none", "rank_adaptive", "rank_reversal"}} | {
+        (a, d) for a in ("rank_reversal", "rank_adaptive") for d in defenses - {"frl"}
+    }
+    assert all(cells[k].scenario.evaluation.baseline for k in cells.keys() - refused)
+    for name, total in (("malicious_fraction", 50), ("backdoor_clipping", 6)):
+        resolved = resolve_cells(load_raw(folder / f"{name}.yaml"))
+        assert len(resolved) == total and not any(isinstance(s, str) for *_, s in resolved)

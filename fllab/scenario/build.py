@@ -93,6 +93,15 @@ def check_capabilities(setup: Setup) -> None:
         k = setup.defenses[i].params.group_size
         if k > fed.per_round:
             raise ConfigError(f"group_size {k} exceeds the {fed.per_round} clients sampled per round", f"defenses.{i}.group_size")
+        for j, defense in enumerate(setup.defenses):
+            # accounted server-side noise (DP-FedAvg) is calibrated to one client's own clipped update
+            if hasattr(defense, "wrap_aggregator") and hasattr(defense, "account"):
+                raise ConfigError(
+                    f"{defense.registry_name} calibrates its noise to each client's own update at unit weight; "
+                    f"{setup.defenses[i].registry_name} shows the server only example-weighted group means, which breaks "
+                    "that sensitivity bound: drop one of the two",
+                    f"defenses.{j}",
+                )
     for i, defense in enumerate(setup.defenses):
         needs = getattr(defense, "needs", None)
         if needs is not None and sends not in needs:

@@ -64,6 +64,11 @@ class FederationCfg(Strict):
 class EvaluationCfg(Strict):
     every: PositiveInt = Field(1, description="evaluate the global model every k rounds (and after the last)")
     batch_size: PositiveInt = 1024
+    baseline: bool = Field(
+        False,
+        description="poisoning runs: also train the same scenario without attackers (same seed) and report "
+        "utility.baseline_accuracy and poisoning.accuracy_drop (a sweep reuses its matching no-attack cell)",
+    )
 
 
 class SweepCfg(Strict):

@@ -39,6 +39,32 @@ class AttackOutcome:
 
 
 @dataclass
+class DetectionTally:
+    """Scores a detecting aggregator (one exposing ``last_flagged``) against the truth of which
+    uploads were malicious, pooled over the rounds in which it detected (``last_flagged`` is None
+    while a detector warms up): precision = flagged and malicious / flagged, recall = flagged and
+    malicious / malicious, each over (client, round) pairs.  A ratio with a zero denominator
+    (nothing flagged; no malicious upload) is absent, not zero."""
+
+    true_pos: int = 0
+    flagged: int = 0
+    malicious: int = 0
+
+    def add(self, flagged: set[int], malicious: set[int]) -> None:
+        self.true_pos += len(flagged & malicious)
+        self.flagged += len(flagged)
+        self.malicious += len(malicious)
+
+    def metrics(self) -> dict[str, float]:
+        out = {}
+        if self.flagged:
+            out["poisoning.detection_precision"] = self.true_pos / self.flagged
+        if self.malicious:
+            out["poisoning.detection_recall"] = self.true_pos / self.malicious
+        return out
+
+
+@dataclass
 class EngineResult:
     metrics: dict[str, float]
     rounds: list[dict[str, Any]]
@@ -133,6 +159,13 @@ class Engine:
         picked = numpy_gen(self.root, "sampling", rnd).choice(fed.num_clients, fed.per_round, replace=False)
         return sorted(int(c) for c in picked)
 
+    def acting(self, rnd: int, cid: int) -> bool:
+        """Whether client ``cid``'s upload of round ``rnd`` is malicious: a data-poisoning client's
+        always, a model-poisoning client's from its attack's ``start_round`` on (the truth that
+        detection is scored against)."""
+        attack = self.malicious.get(cid)
+        return attack is not None and (hasattr(attack, "poison_data") or rnd >= attack.params.start_round)
+
     def _poison(self, rnd: int, sampled: list[int], updates: torch.Tensor, weights: torch.Tensor) -> None:
         """Replace the malicious clients' uploads with what their attack crafts (in place)."""
         by_attack: dict[str, list[int]] = {}
@@ -187,6 +220,7 @@ class Engine:
         rounds: list[dict[str, Any]] = []
         executor = setup.executor
         last_eval: dict[str, float] = {}
+        detection = DetectionTally()
         try:
             for rnd in range(sc.federation.rounds):
                 t0 = time.perf_counter()
@@ -211,7 +245,8 @@ class Engine:
                     view = RoundView(rnd, sampled, results, uploads, self.global_params)
                     for driver in self.drivers:
                         driver.on_round(view)
-                if len(uploads) == len(sampled):
+                per_client = len(uploads) == len(sampled)
+                if per_client:
                     aggregate = self.aggregator(updates, weights, client_ids=sampled)
                 else:  # secure aggregation: the server only has the group sums
                     seen = torch.stack([u.update for u in uploads])
@@ -232,6 +267,8 @@ class Engine:
                 flagged = getattr(setup.aggregator, "last_flagged", None)
                 if flagged is not None:
                     record["flagged"] = list(flagged)
+                    if per_client:  # flagged ids are client ids (not secure-aggregation groups)
+                        detection.add(set(flagged), {c for c in sampled if self.acting(rnd, c)})
                 if (rnd + 1) % sc.evaluation.every == 0 or rnd == sc.federation.rounds - 1:
                     last_eval = self.evaluate()
                     record["test_accuracy"] = last_eval["accuracy"]
@@ -244,7 +281,7 @@ class Engine:
                     self.progress(1)
         finally:
             executor.close()
-        metrics = {"utility.accuracy": last_eval["accuracy"], "utility.loss": last_eval["loss"], **self.privacy}
+        metrics = {"utility.accuracy": last_eval["accuracy"], "utility.loss": last_eval["loss"], **self.privacy, **detection.metrics()}
         attacks: dict[str, AttackOutcome] = {}
         for driver in self.drivers:
             outcome = driver.finish()

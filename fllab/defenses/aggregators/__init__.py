@@ -17,7 +17,9 @@ Protocol shared by every aggregator in ``fllab.registry.AGGREGATORS``::
 * ``check(n)`` raises ``ValueError`` with one line naming the parameter and the allowed range,
   e.g. ``krum needs n > 2f + 2 (f=10, n=20): lower f to at most 8``; the engine calls it before
   training.
-* A detector (``mudhog``) also exposes ``last_flagged: tuple[int, ...]`` after each call.
+* A detector (``mudhog``) also exposes ``last_flagged: tuple[int, ...] | None`` after each call:
+  the ids it excluded as malicious, None while it has no verdict yet (warm-up).  The engine
+  scores it as ``poisoning.detection_precision`` / ``poisoning.detection_recall``.
 
 Pre-aggregators (``nnm``, ``bucketing``, ``arc``) compose with any aggregator through their
 ``then`` parameter: ``{name: nnm, f: 10, then: {name: krum, f: 10}}``.  They hand the inner

@@ -7,10 +7,11 @@ distance into NaN.  An update counts as non-finite when its squared L2 norm is n
 dtype, and :meth:`Rule.__call__` drops those rows before the rule runs.  Such a row is certainly
 faulty, so a rule that tolerates ``f`` Byzantine updates then tolerates ``f - dropped`` among the
 remaining ones (:meth:`Rule.effective_f`); for Krum, n - f - 2 is unchanged, so the rule keeps its
-guarantee.  When fewer rows are left than the rule needs, the call raises ValueError.  Rules built
-on the Gram matrix (``gram_based``) skip the up-front pass over the data: the Gram matrix is
-finite exactly when no row is non-finite, so :func:`.kernels.gram` raises
-:class:`.kernels.NonFiniteError` and the rule drops the rows and runs again.
+guarantee.  When fewer rows are left than the rule needs, the call raises ValueError.  Rules whose
+first pass over the data already tells (``checks_finite``) skip the up-front pass: the Gram
+matrix of the rules built on it is finite exactly when no row is non-finite, and so are ARC's
+squared norms, so :func:`.kernels.gram` (or ARC) raises :class:`.kernels.NonFiniteError` and the
+rule drops the rows and runs again.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import torch
 
 from ...errors import ConfigError
 from ...registry import AGGREGATORS, split_spec
+from . import kernels
 from .kernels import NonFiniteError
 
 ClientIds = Sequence[int] | None
@@ -36,7 +38,7 @@ def drop_nonfinite(
     Returns ``(updates, weights, client_ids, number_dropped)``.
     """
     ids = None if client_ids is None else [int(c) for c in client_ids]
-    keep = torch.isfinite(torch.linalg.vecdot(updates, updates, dim=1))
+    keep = torch.isfinite(kernels.row_norms(updates))
     if bool(keep.all()):
         return updates, weights, ids, 0
     kept = keep.nonzero().flatten()
@@ -63,12 +65,12 @@ class Rule(ABC):
     ``rule(updates, weights=None, client_ids=None) -> (d,)`` drops non-finite rows and calls
     :meth:`aggregate`; ``check(n)`` raises ValueError when the rule cannot work with n updates per
     round.  Subclasses set ``Params`` and implement :meth:`aggregate` and, when n is constrained,
-    :meth:`require`; ``gram_based = True`` marks rules whose kernels detect non-finite rows
+    :meth:`require`; ``checks_finite = True`` marks rules whose kernels detect non-finite rows
     themselves (module docstring).
     """
 
     registry_name: str  # set by AGGREGATORS.register
-    gram_based = False
+    checks_finite = False
 
     def __init__(self, params: Any):
         self.params = params
@@ -77,7 +79,7 @@ class Rule(ABC):
         if updates.ndim != 2 or updates.shape[0] == 0:
             raise ValueError(f"{self.registry_name} expects a non-empty (n, d) tensor of updates, got shape {tuple(updates.shape)}")
         ids = None if client_ids is None else [int(c) for c in client_ids]
-        if self.gram_based:
+        if self.checks_finite:
             try:
                 return self.aggregate(updates, weights, ids, 0)
             except NonFiniteError:

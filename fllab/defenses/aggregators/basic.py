@@ -34,3 +34,13 @@ class Mean:
     def __call__(self, updates: torch.Tensor, weights: torch.Tensor | None = None, client_ids: object = None) -> torch.Tensor:
         """``client_ids`` is part of the aggregator protocol and unused here."""
         return weighted_mean(updates, weights)
+
+    @staticmethod
+    def coefficients(weights: torch.Tensor | None, rows: int, device: torch.device | str) -> torch.Tensor:
+        """The mean is linear, ``mean(y) = coefficients @ y``: the (rows,) float64 normalised
+        weights.  A pre-aggregator whose transform is linear too (NNM, bucketing, ARC) folds it
+        into these and reads the raw updates once (:meth:`PreAggregator.combine`)."""
+        if weights is None:
+            return torch.full((rows,), 1.0 / rows, dtype=torch.float64, device=device)
+        w = weights.to(device, torch.float64)
+        return w / w.sum()

@@ -17,8 +17,10 @@ last ``window`` updates.  After ``warmup`` rounds, each round:
    in the aggregate, as in the authors' code.
 
 The aggregate is the weighted mean of the kept updates of this round.  After each call,
-``last_flagged`` holds the ids excluded as malicious (non-finite updates included),
-``last_unreliable`` the ids reported unreliable, and ``last_report`` both by category.
+``last_flagged`` holds the ids excluded as malicious (non-finite updates included), or None during
+the warm-up (no verdict yet: the engine scores detection precision and recall only on the rounds
+with a verdict), ``last_unreliable`` the ids reported unreliable, and ``last_report`` all of them
+by category.
 
 Deviations from the paper and its code (``LabSAINT/MUD-HoG_Federated_Learning``), on purpose:
 the targeted (label-flipping) step, a K-means split of the *long* histories (sums of all updates)
@@ -54,7 +56,8 @@ class MudHogParams(Params):
 class MudHog(Rule):
     """History-based detector (MUD-HoG style): excludes sign-flipping and additive-noise clients
     found from per-client gradient histories, reports unreliable clients, and averages
-    the rest.  Exposes ``last_flagged`` (excluded ids), ``last_unreliable`` and ``last_report``."""
+    the rest.  Exposes ``last_flagged`` (excluded ids; None during the warm-up),
+    ``last_unreliable`` and ``last_report``."""
 
     summary = "MUD-HoG-style detector on per-client gradient histories; flags malicious ids"
     references = (
@@ -74,7 +77,7 @@ class MudHog(Rule):
         self.kind = torch.zeros(0, dtype=torch.long)  # confirmed category, NONE if not confirmed
         self.unreliable_count = torch.zeros(0, dtype=torch.long)
         self.unreliable = torch.zeros(0, dtype=torch.bool)
-        self.last_flagged: tuple[int, ...] = ()
+        self.last_flagged: tuple[int, ...] | None = None
         self.last_unreliable: tuple[int, ...] = ()
         self.last_report: dict[str, tuple[int, ...]] = {}
 
@@ -187,6 +190,8 @@ class MudHog(Rule):
         else:
             out = kernels.coordinate_median(x)
         self._report(ids, nonfinite, sign_flip, additive, excluded, slots)
+        if self.rounds <= p.warmup:
+            self.last_flagged = None
         return out
 
     def _update_unreliable(self, short: torch.Tensor, slots: torch.Tensor, pool: torch.Tensor) -> None:

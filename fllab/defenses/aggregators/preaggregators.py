@@ -4,10 +4,15 @@ Each takes ``then``, the inner aggregator's spec (a name or ``{name: ..., **para
 ``{name: nnm, f: 10, then: {name: krum, f: 10}}``; ``check(n)`` checks the pre-aggregator and
 then the inner rule with the number of vectors it will receive.
 
-The transformed updates are written into a scratch buffer that the pre-aggregator keeps and
-reuses from round to round (first-touching a fresh (n, d) buffer costs as much as the
-transformation itself; see :mod:`.kernels`).  The inner aggregator therefore must not keep a
-reference to its input after it returns; fllab's aggregators copy what they keep.
+All three transforms are linear maps of the updates: a (rows, n) mixing matrix M (NNM's
+nearest-neighbour weights, bucketing's averaging matrix) or per-row scales (ARC's clipping).  When
+the inner aggregator is linear too (``mean``: ``coefficients``), the whole rule is one weighted
+sum of the raw updates, ``(c @ M) @ x``, computed with the coefficients in float64 and one pass
+over the data: no (rows, d) intermediate at all.  Otherwise the transformed updates are written
+into a scratch buffer that the pre-aggregator keeps and reuses from round to round
+(first-touching a fresh (n, d) buffer costs as much as the transformation itself; see
+:mod:`.kernels`), and the inner aggregator therefore must not keep a reference to its input after
+it returns; fllab's aggregators copy what they keep.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from ...registry import AGGREGATORS, Params
 from ...seeding import torch_gen
 from . import kernels
 from .base import Rule, call_inner, inner_spec, require_f
+from .kernels import NonFiniteError
 from .robust import F_DESCRIPTION
 
 THEN_DESCRIPTION = "inner aggregator applied to the transformed updates: a name or {name: ..., **params}"
@@ -49,6 +55,20 @@ class PreAggregator(Rule):
             s = self.scratch = kernels.empty_rows(rows, like)
         return s
 
+    def combine(
+        self, x: torch.Tensor, transform: torch.Tensor, weights: torch.Tensor | None, client_ids: list[int] | None, dropped: int
+    ) -> torch.Tensor:
+        """Aggregate the transformed updates with the inner rule.  ``transform`` is a (rows, n)
+        float64 mixing matrix, or (n,) row scales; ``weights`` and ``client_ids`` are those the
+        transformed rows carry.  A linear inner rule gets one weighted sum (module docstring)."""
+        scales = transform.ndim == 1
+        rows = x.shape[0] if scales else transform.shape[0]
+        linear = getattr(self.inner, "coefficients", None)
+        if linear is not None:
+            c = linear(weights, rows, transform.device)
+            return (c * transform if scales else c @ transform).to(x.dtype) @ x
+        return call_inner(self.inner, kernels.apply_map(transform, x, self.buffer(rows, x)), weights, client_ids, dropped)
+
 
 class NNMParams(ThenParams):
     f: NonNegativeInt = Field(0, description=F_DESCRIPTION)
@@ -62,7 +82,7 @@ class NNM(PreAggregator):
 
     summary = "nearest-neighbour mixing before another aggregator"
     references = ("Allouah, Farhadkhani, Guerraoui, Gupta, Pinot and Stephan, Fixing by Mixing: A Recipe for Optimal Byzantine ML under Heterogeneity, AISTATS 2023",)
-    gram_based = True
+    checks_finite = True
     Params = NNMParams
 
     def require(self, n, f):
@@ -75,7 +95,7 @@ class NNM(PreAggregator):
     def aggregate(self, x, weights, client_ids, dropped):
         f = self.effective_f(dropped)
         self.require(x.shape[0], f)
-        return call_inner(self.inner, kernels.nnm(x, f, out=self.buffer(x.shape[0], x)), weights, client_ids, dropped)
+        return self.combine(x, kernels.nnm_weights(kernels.pairwise_sq_dists(x), f), weights, client_ids, dropped)
 
 
 class BucketingParams(ThenParams):
@@ -105,8 +125,7 @@ class Bucketing(PreAggregator):
     def aggregate(self, x, weights, client_ids, dropped):
         perm = torch.randperm(x.shape[0], generator=torch_gen(self.params.seed, "bucketing", self.calls))
         self.calls += 1
-        means = kernels.bucket_means(x, self.params.s, perm, out=self.buffer(-(-x.shape[0] // self.params.s), x))
-        return call_inner(self.inner, means, None, None, dropped)
+        return self.combine(x, kernels.bucket_matrix(x.shape[0], self.params.s, perm, x.device), None, None, dropped)
 
 
 class ARCParams(ThenParams):
@@ -122,6 +141,7 @@ class ARC(PreAggregator):
     references = (
         "Allouah, Guerraoui, Gupta, Jellouli, Rizk and Stephan, Boosting Robustness by Clipping Gradients in Distributed Learning, arXiv:2405.14432, 2024",
     )
+    checks_finite = True
     Params = ARCParams
 
     def require(self, n, f):
@@ -134,4 +154,7 @@ class ARC(PreAggregator):
     def aggregate(self, x, weights, client_ids, dropped):
         f = self.effective_f(dropped)
         self.require(x.shape[0], f)
-        return call_inner(self.inner, kernels.arc_clip(x, f, out=self.buffer(x.shape[0], x)), weights, client_ids, dropped)
+        norms = kernels.row_norms(x)  # also the finiteness check (checks_finite)
+        if not bool(torch.isfinite(norms).all()):
+            raise NonFiniteError("the updates hold NaN, infinite or overflowing values")
+        return self.combine(x, kernels.arc_scales(norms.to(torch.float64), f), weights, client_ids, dropped)

@@ -60,7 +60,7 @@ class Krum(Rule):
 
     summary = "Krum: the update closest to its n - f - 2 nearest neighbours"
     references = ("Blanchard, El Mhamdi, Guerraoui and Stainer, Machine Learning with Adversaries: Byzantine Tolerant Gradient Descent, NeurIPS 2017",)
-    gram_based = True
+    checks_finite = True
     Params = FParams
 
     def require(self, n, f):
@@ -92,7 +92,7 @@ class MultiKrum(Rule):
         "El Mhamdi, Guerraoui and Rouault, The Hidden Vulnerability of Distributed Learning in Byzantium, ICML 2018",
         "González, Guerraoui, Pinot, Rizk, Stephan and Taïani, ByzFL: Research Framework for Robust Federated Learning, arXiv:2505.24802, 2025",
     )
-    gram_based = True
+    checks_finite = True
     Params = MultiKrumParams
 
     def require(self, n, f):
@@ -115,7 +115,7 @@ class Bulyan(Rule):
 
     summary = "Bulyan over Krum (n >= 4f + 3)"
     references = ("El Mhamdi, Guerraoui and Rouault, The Hidden Vulnerability of Distributed Learning in Byzantium, ICML 2018",)
-    gram_based = True
+    checks_finite = True
     Params = FParams
 
     def require(self, n, f):
@@ -140,7 +140,7 @@ class GeometricMedian(Rule):
 
     summary = "geometric median by smoothed Weiszfeld (RFA)"
     references = ("Pillutla, Kakade and Harchaoui, Robust Aggregation for Federated Learning, IEEE Transactions on Signal Processing 2022",)
-    gram_based = True
+    checks_finite = True
     Params = GeometricMedianParams
 
     def aggregate(self, x, weights, client_ids, dropped):
@@ -161,7 +161,7 @@ class CenteredClipping(Rule):
 
     summary = "centered clipping around the previous aggregate"
     references = ("Karimireddy, He and Jaggi, Learning from History for Byzantine Robust Optimization, ICML 2021",)
-    gram_based = True
+    checks_finite = True
     Params = CenteredClippingParams
 
     def __init__(self, params: CenteredClippingParams):
@@ -237,7 +237,7 @@ class FlagAggregator(Rule):
     references = (
         "Almasi, Mishra, Vamanan and Ravi, Flag Aggregator: Scalable Distributed Training under Failures and Augmented Losses using Convex Optimization, ICLR 2024",
     )
-    gram_based = True
+    checks_finite = True
     Params = FlagParams
 
     def aggregate(self, x, weights, client_ids, dropped):
