@@ -111,20 +111,23 @@ def sweep(scenario: Path, overrides: tuple[str, ...], out: Path | None, quiet: b
 @guarded
 def validate(scenario: Path, overrides: tuple[str, ...], check_data: bool, as_json: bool) -> None:
     """Check SCENARIO (schema, components, capabilities, data) without training."""
-    from .runner import dump_yaml
-    from .scenario.build import resolve
-    from .scenario.loader import expand_sweep, load_raw, validate_schema
+    from .runner import dump_yaml, resolve_cells
+    from .scenario.loader import load_raw
     from .training.engine import Engine
 
     data = load_raw(scenario, overrides)
-    cells = expand_sweep(data)
-    setups = [resolve(validate_schema(cell)) for _, _, _, cell in cells]
+    cells = resolve_cells(data)  # as `fllab sweep` would: refused cells are errors unless skip_invalid
+    setups = [s for *_, s in cells if not isinstance(s, str)]
+    skipped = [{"cell": values, "reason": s} for _, values, _, s in cells if isinstance(s, str)]
+    if not setups:
+        raise ConfigError(f"every one of the {len(cells)} sweep cells is refused; first: {skipped[0]['reason']}", "sweep")
     if check_data:
         Engine(setups[0]).prepare()
     if as_json:
-        click.echo(json.dumps({"ok": True, "cells": len(cells), "resolved": setups[0].resolved}))
+        click.echo(json.dumps({"ok": True, "cells": len(cells), "skipped": skipped, "resolved": setups[0].resolved}))
     else:
-        click.echo(f"ok: {setups[0].scenario.name} ({len(cells)} cell{'s' if len(cells) != 1 else ''})")
+        note = f", {len(skipped)} skipped as refused combinations" if skipped else ""
+        click.echo(f"ok: {setups[0].scenario.name} ({len(cells)} cell{'s' if len(cells) != 1 else ''}{note})")
         click.echo(dump_yaml(setups[0].resolved).rstrip())
 
 

@@ -191,3 +191,22 @@ def test_report_rebuilds_without_training(tmp_path, tiny, write_yaml):
     res = invoke("report", str(out))
     assert res.exit_code == 0 and (out / "report.html").is_file()
     assert invoke("report", str(tmp_path)).exit_code == 2
+
+
+def test_validate_counts_skipped_cells_like_sweep(tiny, write_yaml):
+    """A sweep with skip_invalid validates when some cells are refused (as `fllab sweep` would skip
+    them), and fails with exit 2 without skip_invalid or when every cell is refused."""
+    tiny["sweep"] = {"skip_invalid": True, "cases": {"agg": {
+        "mean": {"aggregator": "mean"},
+        "krum_f_too_large": {"aggregator": {"name": "krum", "f": 50}},
+    }}}
+    res = invoke("validate", str(write_yaml(tiny)), "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["cells"] == 2 and len(out["skipped"]) == 1
+    assert out["skipped"][0]["cell"] == {"agg": "krum_f_too_large"} and "aggregator" in out["skipped"][0]["reason"]
+    tiny["sweep"]["skip_invalid"] = False
+    assert invoke("validate", str(write_yaml(tiny, "strict.yaml"))).exit_code == 2
+    tiny["sweep"] = {"skip_invalid": True, "cases": {"agg": {"krum_f_too_large": {"aggregator": {"name": "krum", "f": 50}}}}}
+    res = invoke("validate", str(write_yaml(tiny, "all_refused.yaml")))
+    assert res.exit_code == 2 and "every one of the 1 sweep cells is refused" in res.output
