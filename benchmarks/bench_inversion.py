@@ -174,7 +174,8 @@ def run_quality(args: argparse.Namespace) -> None:
     mean_img = psnr(others_mean, xs)
     label_acc = float(np.mean([int(r.y.item()) == int(y) for r, y in zip(results, ys)]))
     print(f"device={args.device} model={args.model} width={args.width} norm={args.norm or 'default'} side={args.side} iters={args.iters} "
-          f"tv={args.tv} lr={args.lr} restarts={args.restarts} images={n} labels={'recovered' if labels is None else 'known'}")
+          f"tv={args.tv} lr={args.lr} restarts={args.restarts} images={n} "
+          f"labels={'recovered' if labels is None else 'known'}")
     print("PSNR per image:", " ".join(f"{v:.1f}" for v in scores.tolist()))
     print(f"mean PSNR {scores.mean():.2f} dB (min {scores.min():.2f}, median {scores.median():.2f}, max {scores.max():.2f})")
     print(f"baselines: mid-gray {gray.mean():.2f} dB, mean of the other images {mean_img.mean():.2f} dB")

@@ -87,7 +87,8 @@ def multiset_accuracy(pred: torch.Tensor, truth: torch.Tensor) -> float:
 def test_registered_with_declared_capabilities(name):
     cls = ATTACKS.get_class(name)
     assert cls.family == "inversion"
-    assert cls.needs == frozenset({"gradient", "delta"})
+    extra = {"hypernetwork"} if name == "inverting_gradients" else set()  # HyperFL uploads too
+    assert cls.needs == frozenset({"gradient", "delta", *extra})
     assert cls.summary and cls.references and cls.threat_model
     assert hasattr(ATTACKS.build(name), "reconstruct_many")
     with pytest.raises(ConfigError, match="unknown key"):
@@ -274,7 +275,7 @@ def test_refuses_what_it_cannot_invert(small_task):
     xs, ys, handle, model, obs = small_task
     attack = InvertingGradients(InvertingGradients.Params(iterations=1))
     ranking = replace(obs[0], kind=UpdateKind.RANKING)
-    with pytest.raises(CapabilityError, match="needs a delta or gradient update"):
+    with pytest.raises(CapabilityError, match="needs a delta or gradient or hypernetwork update"):
         attack.reconstruct(ranking, 1, None, 0)
     other_handle, other = victim("convnet", 16, width=8, hidden=64)
     with pytest.raises(ValueError, match="share the architecture"):

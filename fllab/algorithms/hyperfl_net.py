@@ -13,8 +13,11 @@ is one matrix-vector product.
 The module the engine sees (:class:`HyperFLNet`) has the hypernetwork as its only trainable
 parameters, so the flat global vector -- what is broadcast, uploaded and averaged -- is the
 hypernetwork alone.  The target network's own parameters are frozen placeholders: its extractor
-entries are always overridden by generated tensors, its head entries hold whichever client state
-was last loaded with :meth:`HyperFLNet.load_client_`.
+entries are always overridden by generated tensors, its head entries (and the ``embedding``
+buffer) hold whichever client state was last loaded with :meth:`HyperFLNet.load_client_`; a fresh
+module holds :data:`REFERENCE_STATE_SEED`'s draw of the initial-state distribution, so that what a
+fresh module computes never depends on the global RNG (a server that inverts an upload through the
+public model without knowing the client's state uses this one).
 """
 from __future__ import annotations
 
@@ -76,6 +79,14 @@ class FedPACCNN:
         )
 
 
+REFERENCE_STATE_SEED = 0  # the public stand-in client state a fresh HyperFLNet holds
+
+# Names (in HyperFLNet) of the hypernetwork's first layer, the one the client embedding enters, and of
+# its output bias, whose gradient is the gradient with respect to the generated extractor.
+EMBEDDING_LAYER = ("hypernetwork.mlp.0.weight", "hypernetwork.mlp.0.bias")
+OUTPUT_BIAS = "hypernetwork.out.bias"
+
+
 @dataclass(frozen=True)
 class HyperFLState:
     """What a HyperFL client keeps private between rounds: its embedding and its classifier head
@@ -134,6 +145,7 @@ class HyperFLNet(nn.Module):
         self.hypernetwork = HyperNetwork(generated, embed_dim, hidden_dim)
         self.register_buffer("embedding", torch.zeros(embed_dim))
         self.embed_dim = embed_dim
+        self.load_client_(self.initial_state(torch.Generator().manual_seed(REFERENCE_STATE_SEED)))
 
     def logits(self, x: torch.Tensor, extractor: Mapping[str, torch.Tensor], head: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The target network on ``x`` with the given extractor and head tensors."""
@@ -148,13 +160,17 @@ class HyperFLNet(nn.Module):
         head = {n: p for n, p in self.target.named_parameters() if n in self.head_names}
         return self.logits(x, self.hypernetwork(self.embedding), head)
 
+    def state_tensors(self, embedding: torch.Tensor, head: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A client state as this module's own tensor names (``embedding``, ``target.<head>``), for
+        :func:`torch.func.functional_call` on :meth:`forward` (e.g. an attacker's guessed state)."""
+        return {"embedding": embedding, **{f"target.{n}": head[n] for n in self.head_names}}
+
     @torch.no_grad()
     def load_client_(self, state: HyperFLState) -> "HyperFLNet":
         """Copy a client's embedding and head into this module (for ``forward``)."""
-        self.embedding.copy_(state.embedding)
-        params = dict(self.target.named_parameters())
-        for name in self.head_names:
-            params[name].copy_(state.head[name])
+        own = dict(self.named_buffers()) | dict(self.named_parameters())
+        for name, value in self.state_tensors(state.embedding, state.head).items():
+            own[name].copy_(value)
         return self
 
     def initial_state(self, gen: torch.Generator) -> HyperFLState:
@@ -168,6 +184,15 @@ class HyperFLNet(nn.Module):
         bound = 1.0 / math.sqrt(fan_in)
         head = {n: (torch.rand(params[n].shape, generator=gen) * 2 - 1) * bound for n in self.head_names}
         return HyperFLState(embedding.to(device), {n: t.to(device) for n, t in head.items()})
+
+
+def extractor_gradient(model: HyperFLNet, hyper_gradient: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+    """The gradient with respect to the generated extractor tensors (in generation order) inside a
+    gradient with respect to the hypernetwork (name in ``model`` -> tensor): the output is
+    ``theta = W2 a + b2``, so ``dL/db2 = dL/dtheta`` -- whatever the embedding, a hypernetwork
+    gradient carries the client's extractor gradient verbatim."""
+    hyper = model.hypernetwork
+    return [t.view(shape) for t, shape in zip(hyper_gradient[OUTPUT_BIAS].split(hyper.sizes), hyper.shapes)]
 
 
 def generate_extractor(model: HyperFLNet, hyper_params: torch.Tensor, embedding: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -8,7 +8,9 @@ attacks, when), and family-specific hooks:
   poisoning, applied once to each malicious client's local data), optional
   ``craft(obs: PoisonObservation) -> Tensor (m, d)`` (model poisoning: replaces the malicious
   clients' uploads), optional ``evaluate(model, test) -> dict`` (e.g. backdoor success rate).
-* inversion -- curious server.  ``reconstruct(obs: UpdateObservation, ...)`` on chosen uploads.
+* inversion -- curious server.  ``reconstruct(obs: UpdateObservation, ...)`` on chosen uploads;
+  the attacks that search the images with Inverting Gradients' optimiser share
+  :class:`AdamInversionParams`.
 * membership -- server (per-client updates) or outsider (final model).
 
 ``needs`` is the set of :class:`fllab.types.UpdateKind` values the attack can work with; the
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, NonNegativeInt
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 from ..registry import Params
 
@@ -35,6 +37,36 @@ class InversionParams(Params):
         "recovered", description="recovered from the update, or known to the attacker (a stronger threat model)"
     )
     lpips: bool = Field(True, description="score reconstructions with LPIPS (needs the offline AlexNet trunk)")
+
+
+Init = Literal["randn", "rand"]
+
+
+class AdamInversionParams(InversionParams):
+    """The optimiser of Inverting Gradients (Geiping, Bauermeister, Droege & Moeller 2020, Sec. 4;
+    inversefed ``optim="ours"``, breaching ``attack=invertinggradients``), shared by the attacks
+    that search the candidate images with it: Adam, optionally on the sign of the gradient, step
+    size dropped tenfold at 3/8, 5/8 and 7/8 of the run, projection onto the data range, a TV
+    prior, independent restarts of which the best gradient match is kept.  Attacks override the
+    defaults their own reference uses.
+
+    The references optimise mean/std-normalised images, fllab's candidates live in the data range;
+    with one standard deviation taken as a quarter of the range (the convention of
+    :func:`~fllab.attacks.inversion.common.initial_images`), their step size 0.1 is 0.025 here.  A
+    step of 0.1 range units (four times the references') measured 29.4 dB against 30.4 dB on the
+    first four CIFAR-10 samples (benchmarks/results/ig_step_size.md)."""
+
+    iterations: PositiveInt = Field(2000, description="Adam steps per restart")
+    lr: PositiveFloat = Field(
+        0.025, description="Adam step size of the images in data-range units (the references' 0.1 in units of the data's "
+        "standard deviation, a quarter of the range)"
+    )
+    tv_weight: NonNegativeFloat = Field(0.01, description="weight of the total-variation prior")
+    signed: bool = Field(True, description="step on the sign of the gradient")
+    boxed: bool = Field(True, description="project the images onto the data range after every step")
+    lr_decay: bool = Field(True, description="divide the step sizes by 10 at 3/8, 5/8 and 7/8 of the run")
+    restarts: PositiveInt = Field(1, description="independent starts; the best match is kept")
+    init: Init = Field("randn", description="starting images: centred normal or uniform")
 
 
 class MembershipParams(Params):

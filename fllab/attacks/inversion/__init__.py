@@ -11,15 +11,20 @@ images (and labels) from one uploaded gradient or weight delta.
                          local SGD simulated, unrolled and differentiated, on the candidate
 ``sme``                  Surrogate Model Extension (Zhu, Yao & Blaschko 2023): a FedAvg delta
                          inverted at a learnable surrogate between the sent and returned weights
+``gifd``                 GIFD-style search through a diffusion prior (Fang et al. 2023)
+``hyperfl_inversion``    adaptive attack on HyperFL (Guo et al. 2025): the private embedding read
+                         off the hypernetwork's first layer, then searched with the head and images
 =======================  ======================================================================
 
 Every attack has ``reconstruct(obs, num_images, labels, seed)`` and the batched
 ``reconstruct_many(observations, num_images, labels, seeds)``, which solves K targets as one
-``torch.func.vmap``-ed computation with the same numbers as K separate calls.
+``torch.func.vmap``-ed computation with the same numbers as K separate calls
+(:class:`~.common.BatchedInversion`; the Adam-based ones share :class:`~.common.AdamInversion`).
 """
 from .common import InversionResult, observed_gradient
 from .dlg import DeepLeakage, ImprovedDeepLeakage
 from .generative import GenerativeInversion
+from .hyperfl import HyperFLInversion, recover_embedding
 from .inverting_gradients import InvertingGradients
 from .labels import idlg_labels, label_counts, recover_labels
 from .prior import DDIMSampler, DiffusionPrior, PriorConfig, load_or_train_prior
@@ -32,6 +37,7 @@ __all__ = [
     "DiffusionPrior",
     "FedAvgInversion",
     "GenerativeInversion",
+    "HyperFLInversion",
     "ImprovedDeepLeakage",
     "InversionResult",
     "InvertingGradients",
@@ -42,6 +48,7 @@ __all__ = [
     "label_counts",
     "load_or_train_prior",
     "observed_gradient",
+    "recover_embedding",
     "recover_labels",
     "simulate_local_training",
 ]

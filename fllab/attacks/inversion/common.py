@@ -12,20 +12,23 @@ batched computation whose numbers equal K separate runs.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, replace_all_batch_norm_modules_
+from torch.func import functional_call, grad_and_value, replace_all_batch_norm_modules_, vmap
 
-from ...errors import CapabilityError
+from ...errors import CapabilityError, ConfigError
 from ...models.flat import param_shapes, unflatten
 from ...seeding import torch_gen
-from ...types import UpdateKind, UpdateObservation
+from ...types import PublicHyperParams, UpdateKind, UpdateObservation
+from ..base import AdamInversionParams, Init, InversionParams
+from .labels import recover_labels
 
-Init = Literal["randn", "rand"]
+__all__ = ["Init"]  # re-exported: the attacks' Params name it
 
 
 @dataclass(frozen=True)
@@ -39,20 +42,46 @@ class InversionResult:
     history: dict[str, list[float]] = field(default_factory=dict)
 
 
+def momentum_count(steps: int, momentum: float) -> float:
+    """How often ``steps`` steps of heavy-ball SGD (``torch.optim.SGD``: ``buf = m * buf + g``,
+    ``w -= lr * buf``) count a gradient that stays the same: ``sum_{k=1..s} (1 - m^k) / (1 - m)``,
+    which is ``s`` without momentum."""
+    s = max(1, int(steps))
+    if momentum == 0.0:
+        return float(s)
+    return sum((1.0 - momentum**k) / (1.0 - momentum) for k in range(1, s + 1))
+
+
+def averaged_gradient(update: Tensor, start: Tensor, hyper: PublicHyperParams) -> Tensor:
+    """The average local gradient behind a weight change ``update`` made by local SGD from the
+    weights ``start`` with the public recipe ``hyper``.
+
+    ``s`` steps at step size ``lr``, momentum ``m`` and weight decay ``wd`` on gradients ``g_t``
+    move the weights by ``-lr * sum_t c_t (g_t + wd * w_t)`` with momentum weights ``c_t``; taking
+    the gradients and weights as constant gives ``-update / (lr * momentum_count(s, m)) - wd *
+    start``: exact for one step, a proxy for more (Geiping et al. 2020, Sec. 5, show that
+    inverting it still leaks the images).  Only the weight-decay term changes the direction (and
+    so the cosine objectives); the momentum count fixes the scale that label counting reads.
+    """
+    g = -update / (hyper.lr * momentum_count(hyper.local_steps, hyper.momentum))
+    if hyper.weight_decay:
+        g = g - hyper.weight_decay * start
+    return g
+
+
 def observed_gradient(obs: UpdateObservation) -> Tensor:
     """The flat batch-loss gradient an observation reveals.
 
-    A FedSGD ``gradient`` update is the gradient itself.  A FedAvg ``delta`` after ``s`` local SGD
-    steps at learning rate ``lr`` is ``-lr * (g_1 + ... + g_s)``, so ``-delta / (lr * s)`` is the
-    average of the local gradients: exact for one step, a proxy for more (Geiping et al. 2020,
-    Sec. 5, show that inverting it still leaks the images).
+    A FedSGD ``gradient`` update is the gradient itself.  A FedAvg ``delta`` and a HyperFL
+    ``hypernetwork`` upload (the hypernetwork's change over the client's local steps) are weight
+    changes, turned into their average local gradient by :func:`averaged_gradient`.
     """
     kind = UpdateKind(obs.kind)
     if kind is UpdateKind.GRADIENT:
         return obs.update
-    if kind is UpdateKind.DELTA:
-        return -obs.update / (obs.hyper.lr * max(1, obs.hyper.local_steps))
-    raise CapabilityError(f"gradient inversion needs a gradient or delta update; the observation holds a {kind.value}")
+    if kind in (UpdateKind.DELTA, UpdateKind.HYPERNETWORK):
+        return averaged_gradient(obs.update, obs.global_params.to(obs.update), obs.hyper)
+    raise CapabilityError(f"gradient inversion needs a gradient or weight update; the observation holds a {kind.value}")
 
 
 def check_kinds(attack: str, needs: frozenset[str], observations: Sequence[UpdateObservation]) -> None:
@@ -103,13 +132,17 @@ class VictimModel:
         """Per-parameter views of a flat vector, by name."""
         return unflatten(flat, self.shapes)
 
-    def gradient(self, params: dict[str, Tensor], x: Tensor, y: Tensor) -> list[Tensor]:
+    def gradient(
+        self, params: dict[str, Tensor], x: Tensor, y: Tensor, state: Mapping[str, Tensor] | None = None
+    ) -> list[Tensor]:
         """:meth:`batch_gradient` at weights given per parameter (name -> tensor), e.g. weights
         that are themselves a differentiable function of something (an unrolled SGD step, a point
-        on a line between two weight vectors)."""
+        on a line between two weight vectors), with the module's other tensors replaced by
+        ``state`` where given (differentiable in them too)."""
+        fixed = self.buffers if state is None else {**self.buffers, **state}
 
         def loss(p: dict[str, Tensor]) -> Tensor:
-            return F.cross_entropy(functional_call(self.module, (p, self.buffers), (x,)), y)
+            return F.cross_entropy(functional_call(self.module, (p, fixed), (x,)), y)
 
         grads = torch.func.grad(loss)(params)
         return [grads[name] for name, _ in self.shapes]
@@ -167,6 +200,7 @@ class Problem:
     input_shape: tuple[int, ...]
     num_classes: int
     data_range: tuple[float, float]
+    kind: UpdateKind
 
     @property
     def shared_params(self) -> bool:
@@ -201,9 +235,10 @@ def build_problem(
             and obs.model.num_classes == first.model.num_classes
             and obs.global_params.numel() == first.global_params.numel()
             and tuple(obs.data_range) == tuple(first.data_range)
+            and UpdateKind(obs.kind) is UpdateKind(first.kind)
         )
         if not same:
-            raise ValueError(f"{attack}: observations reconstructed together must share the architecture and data range")
+            raise ValueError(f"{attack}: observations reconstructed together must share the architecture, data range and update kind")
     device, dtype = first.global_params.device, first.global_params.dtype
     victim = VictimModel(first.model.build, device, dtype)
     if victim.num_params != first.global_params.numel():
@@ -221,6 +256,7 @@ def build_problem(
         input_shape=tuple(int(s) for s in first.model.input_shape),
         num_classes=int(first.model.num_classes),
         data_range=(float(first.data_range[0]), float(first.data_range[1])),
+        kind=UpdateKind(first.kind),
     )
 
 
@@ -245,3 +281,172 @@ def stack_history(curves: dict[str, list[Tensor]], rows: Tensor) -> list[dict[st
     names = list(curves)
     table = torch.stack([torch.stack(curves[n])[:, rows].T for n in names], dim=1).cpu().tolist()  # (K, names, T)
     return [dict(zip(names, per_target)) for per_target in table]
+
+
+def labels_for(problem: Problem, labels: list[Tensor | None], num_images: int) -> Tensor:
+    """(K, B) labels: the known ones where given, else recovered from the last layer."""
+    device = problem.gradients.device
+    out = torch.empty(problem.num_targets, num_images, dtype=torch.long, device=device)
+    missing = [k for k, y in enumerate(labels) if y is None]
+    if missing and problem.kind is UpdateKind.HYPERNETWORK:
+        raise ConfigError(
+            "a hypernetwork upload does not hold the private classifier head, so the labels cannot be read off "
+            "its last layer; set labels: known", "attacks",
+        )
+    if missing:
+        idx = torch.tensor(missing, device=device)
+        params = problem.params if problem.shared_params else problem.params[idx]
+        out[idx] = recover_labels(problem.gradients[idx], params, problem.victim.shapes, problem.num_classes, num_images)
+    for k, y in enumerate(labels):
+        if y is not None:
+            out[k] = y.to(device)
+    return out
+
+
+def stacked_updates(problem: Problem, observations: Sequence[UpdateObservation]) -> Tensor:
+    """The observed weight changes (K, d) as they came (not turned into gradients), on the
+    problem's device and dtype."""
+    ref = problem.gradients
+    return torch.stack([obs.update.to(device=ref.device, dtype=ref.dtype) for obs in observations])
+
+
+# ---------------------------------------------------------------------------------------- search
+Variable = tuple[Tensor, float, bool, tuple[float, float]]  # leaf tensor, step size, signed, box
+Objective = Callable[..., tuple[Tensor, tuple[Tensor, dict[str, Tensor]]]]
+
+
+def step_milestones(iterations: int) -> list[int]:
+    """Learning-rate drops at 3/8, 5/8 and 7/8 of the run (inversefed's ``lr_decay``)."""
+    return [int(iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
+
+
+def adam_solve(
+    step: Callable[..., tuple[tuple[Tensor, ...], tuple[Tensor, dict[str, Tensor]]]],
+    variables: Sequence[Variable],
+    iterations: int,
+    lr_decay: bool,
+) -> dict[str, list[Tensor]]:
+    """Run Adam on ``variables`` (leaf tensor, step size, signed, box) for ``iterations`` steps.
+
+    ``step(*values)`` returns ``(grads, (loss, curves))`` for the current values (one gradient per
+    variable, ``curves`` a dict of per-row figures).  The step sizes drop tenfold at 3/8, 5/8 and
+    7/8 of the run when ``lr_decay`` (one Adam with a parameter group per variable: the same
+    numbers as one Adam and one scheduler per variable); after every step each variable is
+    clamped to its box.  Returns the curves, one (N,) tensor per iteration and name (``loss``
+    first), each taken at the values the iteration started from.
+    """
+    leaves = [v for v, *_ in variables]
+    optimizer = torch.optim.Adam([{"params": [v], "lr": lr} for v, lr, _, _ in variables])
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=step_milestones(iterations) if lr_decay else [], gamma=0.1
+    )
+    curves: dict[str, list[Tensor]] = {}
+    for _ in range(iterations):
+        grads, (loss, figures) = step(*leaves)
+        for name, value in {"loss": loss, **figures}.items():  # cloned: a figure may alias a variable
+            curves.setdefault(name, []).append(value.detach().clone())
+        for (v, _, signed, _), g in zip(variables, grads):
+            v.grad = g.sign() if signed else g
+        optimizer.step()
+        scheduler.step()
+        with torch.no_grad():
+            for v, _, _, (lo, hi) in variables:
+                v.clamp_(lo, hi)
+    return curves
+
+
+def best_restarts(score: Tensor, k: int, r: int) -> Tensor:
+    """Row index of each target's best restart (lowest ``score``, laid out (K * R,))."""
+    return torch.arange(k, device=score.device) * r + score.view(k, r).argmin(dim=1)
+
+
+class BatchedInversion(ABC):
+    """What every inversion attack shares.  ``reconstruct_many(observations, num_images, labels,
+    seeds)`` checks and stacks the K observations (:func:`build_problem`) and hands them to the
+    attack's ``invert``, which solves all K targets as one batched computation with the same
+    numbers as K separate calls; ``reconstruct`` is its one-target case."""
+
+    registry_name: str
+    needs: frozenset[str]
+
+    def __init__(self, params: InversionParams):
+        self.params = params
+
+    def reconstruct(self, obs: UpdateObservation, num_images: int, labels: Tensor | None, seed: int) -> InversionResult:
+        return self.reconstruct_many([obs], num_images, [labels], [seed])[0]
+
+    def reconstruct_many(
+        self,
+        observations: Sequence[UpdateObservation],
+        num_images: int,
+        labels: Sequence[Tensor | None] | None,
+        seeds: Sequence[int],
+    ) -> list[InversionResult]:
+        """Reconstruct K uploads of one architecture at once; target k uses ``seeds[k]`` and gives
+        the same result as ``reconstruct(observations[k], ..., seeds[k])``."""
+        problem = build_problem(self.registry_name, self.needs, observations)
+        if len(seeds) != problem.num_targets:
+            raise ValueError(f"got {len(seeds)} seeds for {problem.num_targets} observations")
+        given = normalise_labels(labels, problem.num_targets, num_images)
+        return self.invert(problem, given, observations, num_images, seeds)
+
+    @abstractmethod
+    def invert(
+        self, problem: Problem, labels: list[Tensor | None], observations: Sequence[UpdateObservation], num_images: int,
+        seeds: Sequence[int],
+    ) -> list[InversionResult]:
+        """The attack proper: K targets, their known labels (None where unknown), seeds."""
+
+
+class AdamInversion(BatchedInversion):
+    """An attack that searches the candidate images with Inverting Gradients' optimiser
+    (:class:`~fllab.attacks.base.AdamInversionParams`), possibly jointly with other unknowns."""
+
+    params: AdamInversionParams
+
+    def search(
+        self,
+        problem: Problem,
+        y: Tensor,
+        seeds: Sequence[int],
+        objective: Objective,
+        inputs: Sequence[Tensor],
+        in_dims: Sequence[int | None],
+        unknowns: Sequence[Variable] = (),
+    ) -> list[InversionResult]:
+        """Run ``restarts`` searches per target from :func:`initial_images` and keep the best.
+
+        ``objective(x, *unknowns, *inputs) -> (total, (match, figures))`` is one row's loss; it is
+        ``vmap``-ed over the K * R rows (target-major, restarts of a target next to each other).
+        ``inputs`` are per target (in_dim 0: repeated for the restarts here) or shared (None);
+        ``unknowns`` are further variables searched with the images, one row per K * R.  The
+        images (and unknowns) start a row each and of a target's restarts the one with the lowest
+        ``match`` at its final images (projected onto the data range) is returned, with its loss
+        curves and every restart's match (``restart_match``).
+        """
+        p = self.params
+        k, r, b = problem.num_targets, p.restarts, int(y.shape[1])
+        lo, hi = problem.data_range
+        ref = problem.gradients
+        shape = (r, b, *problem.input_shape)
+        x = torch.cat([initial_images(s, shape, problem.data_range, p.init) for s in seeds]).to(ref.device, ref.dtype)
+        rows = [t.repeat_interleave(r, dim=0) if d == 0 else t for t, d in zip(inputs, in_dims)]
+        variables = [(x, p.lr, p.signed, (lo, hi) if p.boxed else (-math.inf, math.inf)), *unknowns]
+        dims = (0,) * len(variables) + tuple(in_dims)
+        batched = vmap(grad_and_value(objective, argnums=tuple(range(len(variables))), has_aux=True), in_dims=dims)
+
+        def step(*values: Tensor):
+            grads, (loss, (_, figures)) = batched(*values, *rows)
+            return grads, (loss, figures)
+
+        curves = adam_solve(step, variables, p.iterations, p.lr_decay)
+        with torch.no_grad():
+            x_out = x.detach().clamp(lo, hi)
+            _, (score, _) = vmap(objective, in_dims=dims)(x_out, *(v.detach() for v, *_ in unknowns), *rows)
+        best = best_restarts(score, k, r)
+        histories = stack_history(curves, best)
+        scores = score.view(k, r).cpu().tolist()
+        return [
+            InversionResult(x=x_out[best[i]], y=y[i], history={**histories[i], "restart_match": scores[i]})
+            for i in range(k)
+        ]

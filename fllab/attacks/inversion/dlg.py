@@ -23,13 +23,12 @@ from ...registry import ATTACKS
 from ..base import InversionParams
 from ...seeding import torch_gen
 from ...types import UpdateObservation
-from .common import Init, InversionResult, build_problem, initial_images, normalise_labels, squared_distance
-from .labels import labels_for
+from .common import BatchedInversion, Init, InversionResult, Problem, initial_images, labels_for, squared_distance
 from .lbfgs import lbfgs
 
 
 @ATTACKS.register("dlg")
-class DeepLeakage:
+class DeepLeakage(BatchedInversion):
     """Gradient inversion by L2 gradient matching with L-BFGS, labels learned jointly (Zhu et al. 2019)."""
 
     summary = "Deep Leakage from Gradients: L2 gradient matching, L-BFGS, dummy data and soft labels"
@@ -57,27 +56,16 @@ class DeepLeakage:
         init: Init = Field("randn", description="starting images: centred normal or uniform")
 
     def __init__(self, params: "DeepLeakage.Params"):
-        self.params = params
+        super().__init__(params)
         self.label_mode = params.label_strategy or self.default_labels
 
-    def reconstruct(self, obs: UpdateObservation, num_images: int, labels: Tensor | None, seed: int) -> InversionResult:
-        return self.reconstruct_many([obs], num_images, [labels], [seed])[0]
-
-    def reconstruct_many(
-        self,
-        observations: Sequence[UpdateObservation],
-        num_images: int,
-        labels: Sequence[Tensor | None] | None,
+    def invert(
+        self, problem: Problem, labels: list[Tensor | None], observations: Sequence[UpdateObservation], num_images: int,
         seeds: Sequence[int],
     ) -> list[InversionResult]:
-        """Reconstruct K uploads of one architecture at once; target k uses ``seeds[k]``."""
         p = self.params
-        problem = build_problem(self.registry_name, self.needs, observations)
         k, b, c = problem.num_targets, num_images, problem.num_classes
-        if len(seeds) != k:
-            raise ValueError(f"got {len(seeds)} seeds for {k} observations")
-        given = normalise_labels(labels, k, b)
-        learn = self.label_mode == "optimize" and any(y is None for y in given)
+        learn = self.label_mode == "optimize" and any(y is None for y in labels)
         device, dtype = problem.gradients.device, problem.gradients.dtype
         shape = (b, *problem.input_shape)
         nx = math.prod(shape)
@@ -86,13 +74,13 @@ class DeepLeakage:
             # free label logits per image; targets whose labels are known keep them, as one-hot targets
             logits0 = torch.stack([torch.randn(b, c, generator=torch_gen(s, "inversion", "labels")) for s in seeds])
             z0 = torch.cat([x0, logits0.reshape(k, b * c)], dim=1)
-            known = torch.tensor([y is not None for y in given], device=device)
-            y_known = torch.stack([torch.zeros(b, dtype=torch.long) if y is None else y for y in given]).to(device)
+            known = torch.tensor([y is not None for y in labels], device=device)
+            y_known = torch.stack([torch.zeros(b, dtype=torch.long) if y is None else y for y in labels]).to(device)
             y_arg = F.one_hot(y_known, c).to(dtype)
         else:
             z0 = x0
             known = torch.ones(k, dtype=torch.bool, device=device)
-            y_known = y_arg = labels_for(problem, given, b)
+            y_known = y_arg = labels_for(problem, labels, b)
 
         def objective(z: Tensor, target: Tensor, y: Tensor, is_known: Tensor, params: Tensor) -> Tensor:
             if learn:

@@ -47,9 +47,8 @@ from ...registry import ATTACKS
 from ...seeding import torch_gen
 from ...types import UpdateObservation
 from ..base import InversionParams
-from .common import InversionResult, Problem, build_problem, normalise_labels, stack_history
+from .common import BatchedInversion, InversionResult, Problem, labels_for, stack_history
 from .inverting_gradients import ig_objective
-from .labels import labels_for
 from .prior import DDIMSampler, DiffusionPrior, PriorConfig, load_or_train_prior, noise_norm
 
 
@@ -79,7 +78,7 @@ def project_sphere(z: Tensor, norm: float) -> Tensor:
 
 
 @ATTACKS.register("gifd")
-class GenerativeInversion:
+class GenerativeInversion(BatchedInversion):
     """GIFD-style gradient inversion through a DDIM image prior trained on the attacker's public split."""
 
     summary = (
@@ -133,7 +132,7 @@ class GenerativeInversion:
             return self
 
     def __init__(self, params: "GenerativeInversion.Params"):
-        self.params = params
+        super().__init__(params)
         self._prior: DiffusionPrior | None = None
 
     def prior(self) -> DiffusionPrior:
@@ -141,9 +140,6 @@ class GenerativeInversion:
         if self._prior is None:
             self._prior = load_or_train_prior(self.params.prior)
         return self._prior
-
-    def reconstruct(self, obs: UpdateObservation, num_images: int, labels: Tensor | None, seed: int) -> InversionResult:
-        return self.reconstruct_many([obs], num_images, [labels], [seed])[0]
 
     def _check_prior(self, prior: DiffusionPrior, problem: Problem) -> None:
         if tuple(prior.image_shape) != tuple(problem.input_shape):
@@ -158,23 +154,17 @@ class GenerativeInversion:
                 "attack.prior.dataset",
             )
 
-    def reconstruct_many(
-        self,
-        observations: Sequence[UpdateObservation],
-        num_images: int,
-        labels: Sequence[Tensor | None] | None,
+    def invert(
+        self, problem: Problem, labels: list[Tensor | None], observations: Sequence[UpdateObservation], num_images: int,
         seeds: Sequence[int],
     ) -> list[InversionResult]:
-        """Reconstruct K uploads of one architecture at once; target k uses ``seeds[k]`` and gives
-        the result ``reconstruct(observations[k], ..., seeds[k])`` gives (up to float rounding)."""
+        """Target k gives the result ``reconstruct(observations[k], ..., seeds[k])`` gives (up to
+        float rounding)."""
         p = self.params
-        problem = build_problem(self.registry_name, self.needs, observations)
         k, b = problem.num_targets, num_images
-        if len(seeds) != k:
-            raise ValueError(f"got {len(seeds)} seeds for {k} observations")
         prior = self.prior()
         self._check_prior(prior, problem)
-        y = labels_for(problem, normalise_labels(labels, k, b), b)
+        y = labels_for(problem, labels, b)
         device, dtype = problem.gradients.device, problem.gradients.dtype
         prior.unet.to(device)
         sampler = DDIMSampler(prior, p.ddim_steps)
@@ -211,14 +201,14 @@ class GenerativeInversion:
             annealing = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=iterations)
             for _ in range(iterations):
                 images = forward(variable)
-                grad_x, (loss, (match, tv)) = loss_grad(images.detach(), targets, y, params)
+                grad_x, (loss, (_, figures)) = loss_grad(images.detach(), targets, y, params)
                 optimizer.zero_grad(set_to_none=True)
                 images.backward(grad_x)
                 optimizer.step()
                 annealing.step()
                 with torch.no_grad():
                     variable.copy_(project(variable))
-                for name, value in (("loss", loss), ("match", match), ("tv", tv)):
+                for name, value in {"loss": loss, **figures}.items():
                     curves[name].append(value.detach())
 
         def keep_best(images: Tensor, stage: int) -> None:

@@ -32,7 +32,6 @@ import torch
 from torch import Tensor
 
 from ...errors import ConfigError
-from .common import Problem
 
 
 def last_layer_slices(shapes: list[tuple[str, torch.Size]], num_classes: int) -> tuple[slice, slice | None, int]:
@@ -137,18 +136,3 @@ def recover_labels(
     weight = params[..., w_slice].reshape(*params.shape[:-1], num_classes, n_feat)
     counts = label_counts(w_grad, gradients[:, b_slice], weight, params[..., b_slice], num_images)
     return counts_to_labels(counts)
-
-
-def labels_for(problem: Problem, labels: list[Tensor | None], num_images: int) -> Tensor:
-    """(K, B) labels: the known ones where given, else recovered from the last layer."""
-    device = problem.gradients.device
-    out = torch.empty(problem.num_targets, num_images, dtype=torch.long, device=device)
-    missing = [k for k, y in enumerate(labels) if y is None]
-    if missing:
-        idx = torch.tensor(missing, device=device)
-        params = problem.params if problem.shared_params else problem.params[idx]
-        out[idx] = recover_labels(problem.gradients[idx], params, problem.victim.shapes, problem.num_classes, num_images)
-    for k, y in enumerate(labels):
-        if y is not None:
-            out[k] = y.to(device)
-    return out

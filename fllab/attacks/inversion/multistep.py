@@ -10,7 +10,7 @@ way the observed one does:
 
     1 - cos(delta_sim(x), delta) + alpha_TV * TV(x)
 
-minimised with Inverting Gradients' optimiser (signed Adam, step 0.1 with tenfold drops at
+minimised with Inverting Gradients' optimiser (signed Adam, step 0.025 with tenfold drops at
 3/8, 5/8, 7/8 of the run, projection onto the data range; of several restarts the best match is
 kept).  This is the multi-step attack of Geiping, Bauermeister, Droege & Moeller 2020 (Sec. 5,
 "Federated averaging": inversefed's ``FedAvgReconstructor`` / ``loss_steps``) and breaching's
@@ -34,30 +34,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
-import torch
-from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import Tensor
-from torch.func import grad_and_value, vmap
 
 from ...registry import ATTACKS
 from ...types import UpdateObservation
-from ..base import InversionParams
+from ..base import AdamInversionParams
 from .common import (
-    Init,
+    AdamInversion,
     InversionResult,
     Problem,
     VictimModel,
-    build_problem,
     cosine_distance,
-    initial_images,
-    normalise_labels,
-    stack_history,
+    labels_for,
+    stacked_updates,
     total_variation,
 )
-from .inverting_gradients import step_milestones
-from .labels import labels_for
 
 
 @dataclass(frozen=True)
@@ -115,54 +108,8 @@ def simulate_local_training(
     return [wt - wi for wt, wi in zip(w, w0)]
 
 
-def stacked_updates(problem: Problem, observations: Sequence[UpdateObservation]) -> Tensor:
-    """The observed weight deltas (K, d), on the problem's device and dtype."""
-    ref = problem.gradients
-    return torch.stack([obs.update.to(device=ref.device, dtype=ref.dtype) for obs in observations])
-
-
-def adam_solve(
-    step: Callable[..., tuple[tuple[Tensor, ...], tuple[Tensor, dict[str, Tensor]]]],
-    variables: Sequence[tuple[Tensor, float, bool, tuple[float, float]]],
-    iterations: int,
-    lr_decay: bool,
-) -> dict[str, list[Tensor]]:
-    """Run Adam on ``variables`` (leaf tensor, step size, signed, box) for ``iterations`` steps.
-
-    ``step(*values)`` returns ``(grads, (loss, curves))`` for the current values (one gradient per
-    variable, ``curves`` a dict of per-row figures).  The step sizes drop tenfold at 3/8, 5/8 and
-    7/8 of the run when ``lr_decay`` (one Adam with a parameter group per variable: the same
-    numbers as one Adam and one scheduler per variable); after every step each variable is
-    clamped to its box.  Returns the curves, one (N,) tensor per iteration and name (``loss``
-    first), each taken at the values the iteration started from.
-    """
-    leaves = [v for v, *_ in variables]
-    optimizer = torch.optim.Adam([{"params": [v], "lr": lr} for v, lr, _, _ in variables])
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(
-        optimizer, milestones=step_milestones(iterations) if lr_decay else [], gamma=0.1
-    )
-    curves: dict[str, list[Tensor]] = {}
-    for _ in range(iterations):
-        grads, (loss, figures) = step(*leaves)
-        for name, value in {"loss": loss, **figures}.items():  # cloned: a figure may alias a variable
-            curves.setdefault(name, []).append(value.detach().clone())
-        for (v, _, signed, _), g in zip(variables, grads):
-            v.grad = g.sign() if signed else g
-        optimizer.step()
-        scheduler.step()
-        with torch.no_grad():
-            for v, _, _, (lo, hi) in variables:
-                v.clamp_(lo, hi)
-    return curves
-
-
-def best_restarts(score: Tensor, k: int, r: int) -> Tensor:
-    """Row index of each target's best restart (lowest ``score``, laid out (K * R,))."""
-    return torch.arange(k, device=score.device) * r + score.view(k, r).argmin(dim=1)
-
-
 @ATTACKS.register("fedavg_inversion")
-class FedAvgInversion:
+class FedAvgInversion(AdamInversion):
     """Multi-step FedAvg inversion: match the observed weight delta with the delta of a simulated,
     unrolled local training on the candidate images (Geiping et al. 2020, Sec. 5)."""
 
@@ -180,18 +127,7 @@ class FedAvgInversion:
     family = "inversion"
     needs = frozenset({"delta"})
 
-    class Params(InversionParams):
-        iterations: PositiveInt = Field(2000, description="Adam steps per restart")
-        lr: PositiveFloat = Field(0.1, description="Adam step size (in data-range units)")
-        tv_weight: NonNegativeFloat = Field(0.01, description="weight of the total-variation prior")
-        signed: bool = Field(True, description="step on the sign of the gradient")
-        boxed: bool = Field(True, description="project onto the data range after every step")
-        lr_decay: bool = Field(True, description="divide the step size by 10 at 3/8, 5/8, 7/8 of the run")
-        restarts: PositiveInt = Field(1, description="independent starts; the best delta match is kept")
-        init: Init = Field("randn", description="starting images: centred normal or uniform")
-
-    def __init__(self, params: "FedAvgInversion.Params"):
-        self.params = params
+    Params = AdamInversionParams
 
     def objective(self, problem: Problem, training: LocalTraining):
         """The per-target objective ``(x, delta, y, params) -> (total, (match, {"match", "tv"}))``."""
@@ -205,56 +141,19 @@ class FedAvgInversion:
 
         return objective
 
-    def reconstruct(self, obs: UpdateObservation, num_images: int, labels: Tensor | None, seed: int) -> InversionResult:
-        return self.reconstruct_many([obs], num_images, [labels], [seed])[0]
-
-    def reconstruct_many(
-        self,
-        observations: Sequence[UpdateObservation],
-        num_images: int,
-        labels: Sequence[Tensor | None] | None,
+    def invert(
+        self, problem: Problem, labels: list[Tensor | None], observations: Sequence[UpdateObservation], num_images: int,
         seeds: Sequence[int],
     ) -> list[InversionResult]:
-        """Reconstruct K uploads of one architecture and recipe at once; target k uses
-        ``seeds[k]`` and gives the same result as ``reconstruct(observations[k], ..., seeds[k])``.
-        Unknown labels are recovered from the delta as an averaged-gradient proxy."""
-        p = self.params
-        problem = build_problem(self.registry_name, self.needs, observations)
+        """All K targets share one public recipe; unknown labels are recovered from the delta as an
+        averaged-gradient proxy."""
         training = LocalTraining.of(self.registry_name, observations)
         examples = {int(o.hyper.num_examples) for o in observations}
         if examples != {num_images}:
             raise ValueError(f"{self.registry_name} simulates training on the client's whole local data: "
                              f"num_images {num_images}, the clients hold {sorted(examples)}")
-        k, r = problem.num_targets, p.restarts
-        if len(seeds) != k:
-            raise ValueError(f"got {len(seeds)} seeds for {k} observations")
-        y = labels_for(problem, normalise_labels(labels, k, num_images), num_images)
-        lo, hi = problem.data_range
-        ref = problem.gradients
-        shape = (r, num_images, *problem.input_shape)
-        x = torch.cat([initial_images(s, shape, problem.data_range, p.init) for s in seeds]).to(ref.device, ref.dtype)
-        params, _ = problem.repeat(r)
-        deltas = stacked_updates(problem, observations).repeat_interleave(r, dim=0)
-        y_rows = y.repeat_interleave(r, dim=0)
-
-        objective = self.objective(problem, training)
-        in_dims = (0, 0, 0, problem.params_in_dim)
-        batched = vmap(grad_and_value(objective, has_aux=True), in_dims=in_dims)
-
-        def step(x_now: Tensor):
-            grad, (loss, (_, figures)) = batched(x_now, deltas, y_rows, params)
-            return (grad,), (loss, figures)
-
-        box = (lo, hi) if p.boxed else (-math.inf, math.inf)
-        curves = adam_solve(step, [(x, p.lr, p.signed, box)], p.iterations, p.lr_decay)
-
-        with torch.no_grad():
-            x_out = x.detach().clamp(lo, hi)
-            _, (score, _) = vmap(objective, in_dims=in_dims)(x_out, deltas, y_rows, params)
-        rows = best_restarts(score, k, r)
-        histories = stack_history(curves, rows)
-        scores = score.view(k, r).cpu().tolist()
-        return [
-            InversionResult(x=x_out[rows[i]], y=y[i], history={**histories[i], "restart_match": scores[i]})
-            for i in range(k)
-        ]
+        y = labels_for(problem, labels, num_images)
+        deltas = stacked_updates(problem, observations)
+        return self.search(
+            problem, y, seeds, self.objective(problem, training), (deltas, y, problem.params), (0, 0, problem.params_in_dim)
+        )

@@ -35,30 +35,16 @@ target follows the path it would follow alone.
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import Tensor
-from torch.func import grad_and_value, vmap
 
 from ...registry import ATTACKS
 from ...types import UpdateObservation
-from ..base import InversionParams
-from .common import (
-    Init,
-    InversionResult,
-    Problem,
-    build_problem,
-    cosine_distance,
-    initial_images,
-    normalise_labels,
-    stack_history,
-    total_variation,
-)
-from .labels import labels_for
-from .multistep import adam_solve, best_restarts, stacked_updates
+from ..base import AdamInversionParams
+from .common import AdamInversion, InversionResult, Problem, cosine_distance, labels_for, stacked_updates, total_variation
 
 
 def sme_objective(problem: Problem, tv_weight: float):
@@ -80,7 +66,7 @@ def sme_objective(problem: Problem, tv_weight: float):
 
 
 @ATTACKS.register("sme")
-class SurrogateModelExtension:
+class SurrogateModelExtension(AdamInversion):
     """SME: invert a FedAvg weight update at a learnable surrogate model on the line between the
     sent and the returned weights (Zhu, Yao & Blaschko 2023)."""
 
@@ -99,78 +85,29 @@ class SurrogateModelExtension:
     family = "inversion"
     needs = frozenset({"delta"})
 
-    class Params(InversionParams):
+    class Params(AdamInversionParams):
         iterations: PositiveInt = Field(1000, description="Adam steps per restart")
         lr: PositiveFloat = Field(0.25, description="Adam step size of the images (in data-range units)")
+        tv_weight: NonNegativeFloat = Field(0.02, description="weight of the total-variation prior")
+        signed: bool = Field(False, description="step on the sign of the gradients")
         alpha_init: float = Field(0.5, ge=0.0, le=1.0, description="starting position of the surrogate on W0 -> WT")
         learn_alpha: bool = Field(True, description="optimise the surrogate's position jointly with the images")
         alpha_lr: PositiveFloat = Field(0.001, description="Adam step size of the surrogate's position")
-        tv_weight: NonNegativeFloat = Field(0.02, description="weight of the total-variation prior")
-        signed: bool = Field(False, description="step on the sign of the gradients")
-        boxed: bool = Field(True, description="project the images onto the data range after every step")
-        lr_decay: bool = Field(True, description="divide both step sizes by 10 at 3/8, 5/8, 7/8 of the run")
-        restarts: PositiveInt = Field(1, description="independent starts; the best match is kept")
-        init: Init = Field("randn", description="starting images: centred normal or uniform")
 
-    def __init__(self, params: "SurrogateModelExtension.Params"):
-        self.params = params
-
-    def reconstruct(self, obs: UpdateObservation, num_images: int, labels: Tensor | None, seed: int) -> InversionResult:
-        return self.reconstruct_many([obs], num_images, [labels], [seed])[0]
-
-    def reconstruct_many(
-        self,
-        observations: Sequence[UpdateObservation],
-        num_images: int,
-        labels: Sequence[Tensor | None] | None,
+    def invert(
+        self, problem: Problem, labels: list[Tensor | None], observations: Sequence[UpdateObservation], num_images: int,
         seeds: Sequence[int],
     ) -> list[InversionResult]:
-        """Reconstruct K uploads of one architecture at once; target k uses ``seeds[k]`` and gives
-        the same result as ``reconstruct(observations[k], ..., seeds[k])``.  The history holds the
-        loss curves and ``alpha``, the surrogate's position at every iteration."""
+        """The history holds the loss curves and ``alpha``, the surrogate's position at every
+        iteration."""
         p = self.params
-        problem = build_problem(self.registry_name, self.needs, observations)
-        k, r = problem.num_targets, p.restarts
-        if len(seeds) != k:
-            raise ValueError(f"got {len(seeds)} seeds for {k} observations")
-        y = labels_for(problem, normalise_labels(labels, k, num_images), num_images)
-        lo, hi = problem.data_range
-        ref = problem.gradients
-        shape = (r, num_images, *problem.input_shape)
-        x = torch.cat([initial_images(s, shape, problem.data_range, p.init) for s in seeds]).to(ref.device, ref.dtype)
-        alpha = torch.full((k * r,), p.alpha_init, device=ref.device, dtype=ref.dtype)
-        params, _ = problem.repeat(r)
-        directions = -stacked_updates(problem, observations).repeat_interleave(r, dim=0)
-        y_rows = y.repeat_interleave(r, dim=0)
-
+        y = labels_for(problem, labels, num_images)
+        directions = -stacked_updates(problem, observations)
+        k, r, ref = problem.num_targets, p.restarts, problem.gradients
         objective = sme_objective(problem, p.tv_weight)
-        in_dims = (0, 0, 0, 0, problem.params_in_dim)
-        argnums = (0, 1) if p.learn_alpha else 0
-        batched = vmap(grad_and_value(objective, argnums=argnums, has_aux=True), in_dims=in_dims)
-        image_box = (lo, hi) if p.boxed else (-math.inf, math.inf)
-        variables = [(x, p.lr, p.signed, image_box)]
-        if p.learn_alpha:
-            variables.append((alpha, p.alpha_lr, p.signed, (0.0, 1.0)))
-
-            def step(x_now: Tensor, alpha_now: Tensor):
-                grads, (loss, (_, figures)) = batched(x_now, alpha_now, directions, y_rows, params)
-                return grads, (loss, figures)
-
-        else:
-
-            def step(x_now: Tensor):
-                grad, (loss, (_, figures)) = batched(x_now, alpha, directions, y_rows, params)
-                return (grad,), (loss, figures)
-
-        curves = adam_solve(step, variables, p.iterations, p.lr_decay)
-
-        with torch.no_grad():
-            x_out = x.detach().clamp(lo, hi)
-            _, (score, _) = vmap(objective, in_dims=in_dims)(x_out, alpha, directions, y_rows, params)
-        rows = best_restarts(score, k, r)
-        histories = stack_history(curves, rows)
-        scores = score.view(k, r).cpu().tolist()
-        return [
-            InversionResult(x=x_out[rows[i]], y=y[i], history={**histories[i], "restart_match": scores[i]})
-            for i in range(k)
-        ]
+        fixed, dims = (directions, y, problem.params), (0, 0, problem.params_in_dim)
+        if p.learn_alpha:  # a searched unknown, one per row
+            alpha = torch.full((k * r,), p.alpha_init, device=ref.device, dtype=ref.dtype)
+            return self.search(problem, y, seeds, objective, fixed, dims, [(alpha, p.alpha_lr, p.signed, (0.0, 1.0))])
+        alpha = torch.full((k,), p.alpha_init, device=ref.device, dtype=ref.dtype)  # a fixed input per target
+        return self.search(problem, y, seeds, objective, (alpha, *fixed), (0, *dims))
