@@ -41,3 +41,14 @@ def test_outsider_loss_attack_runs_from_the_final_model(tiny, tmp_path):
     tiny["attacks"] = [{"name": "loss", "members": 100}]
     _, summary = fllab.run(tiny, tmp_path / "outsider")
     assert {"membership.auc", "membership.tpr_at_0.001_fpr", "membership.tpr_at_0.01_fpr"} <= set(summary["metrics"])
+
+
+def test_two_attacks_of_one_family_the_first_declared_owns_the_summary_names(tiny, tmp_path):
+    """Both attacks' values are kept in attacks.json; summary.json's plain names are the first's."""
+    tiny["federation"]["rounds"] = 3
+    tiny["attacks"] = [{"name": "population", "members": 100}, {"name": "loss", "members": 100}]
+    run_dir, summary = fllab.run(tiny, tmp_path / "two")
+    per_attack = json.loads((run_dir / "attacks.json").read_text())
+    assert set(per_attack) == {"population", "loss"}
+    assert per_attack["population"]["metrics"]["membership.auc"] != per_attack["loss"]["metrics"]["membership.auc"]
+    assert summary["metrics"]["membership.auc"] == per_attack["population"]["metrics"]["membership.auc"]

@@ -287,13 +287,17 @@ class Engine:
             outcome = driver.finish()
             if outcome is not None:
                 attacks[driver.attack.registry_name] = outcome
-                metrics.update(outcome.metrics)
         for attack in setup.attacks:
             if hasattr(attack, "evaluate"):
                 load_flat_(self.server_model, self.global_params)
                 out = attack.evaluate(self.server_model, self.test)
                 attacks[attack.registry_name] = AttackOutcome(attack.family, dict(out))
-                metrics.update(out)
+        # Two attacks of one family write the same metric names: the summary's plain names belong
+        # to the first one declared in the scenario; every attack's own values are in attacks.json.
+        for attack in setup.attacks:
+            outcome = attacks.get(attack.registry_name)
+            for key, value in (outcome.metrics if outcome else {}).items():
+                metrics.setdefault(key, value)
         table = partition_table(self.bundle.train.y.numpy(), self.parts, self.bundle.num_classes)
         for row in table:
             row["malicious"] = row["client"] in self.malicious
