@@ -229,9 +229,11 @@ def test_inverting_gradients_batched_equals_looped(small_task):
     batched = attack.reconstruct_many(obs, 1, labels, seeds=[5, 6, 7])
     for o, y, s, b in zip(obs, labels, [5, 6, 7], batched):
         one = attack.reconstruct(o, 1, y, s)
-        torch.testing.assert_close(b.x, one.x, rtol=0, atol=1e-5)
+        # a gradient entry within rounding of 0 may take the other sign in the batched kernel; a
+        # flip in the last step-size phase (lr / 1000) moves a pixel by at most ~2 lr / 1000
+        torch.testing.assert_close(b.x, one.x, rtol=0, atol=2e-3 * attack.params.lr)
         assert torch.equal(b.y, one.y)
-        np.testing.assert_allclose(b.history["loss"], one.history["loss"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(b.history["loss"], one.history["loss"], rtol=1e-4, atol=1e-6)
 
 
 def test_deep_leakage_batched_equals_looped(small_task):

@@ -168,7 +168,7 @@ def test_registered_with_threat_model_and_params():
     assert cls is HyperFLInversion and cls.family == "inversion" and cls.needs == frozenset({"hypernetwork"})
     assert cls.summary and cls.references and "embedding" in cls.threat_model
     p = HyperFLInversion.Params()
-    assert (p.labels, p.embedding, p.learn_state, p.signed, p.lr) == ("known", "recovered", True, True, 0.025)
+    assert (p.labels, p.embedding, p.learn_state, p.signed, p.lr) == ("known", "recovered", True, True, 0.05)
     with pytest.raises(ConfigError, match="labels"):
         ATTACKS.build({"name": "hyperfl_inversion", "labels": "recovered"})
     assert "hypernetwork" in InvertingGradients.needs

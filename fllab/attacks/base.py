@@ -52,14 +52,16 @@ class AdamInversionParams(InversionParams):
 
     The references optimise mean/std-normalised images, fllab's candidates live in the data range;
     with one standard deviation taken as a quarter of the range (the convention of
-    :func:`~fllab.attacks.inversion.common.initial_images`), their step size 0.1 is 0.025 here.  A
-    step of 0.1 range units (four times the references') measured 29.4 dB against 30.4 dB on the
-    first four CIFAR-10 samples (benchmarks/results/ig_step_size.md)."""
+    :func:`~fllab.attacks.inversion.common.initial_images`), their step size 0.1 is 0.025 here.
+    That step is made for their 4,000 (inversefed) to 24,000 (breaching) iterations; over the
+    2,000 here it leaves some images stuck; 0.05 measured 29.99 dB on the 20 CIFAR-10 samples
+    against 29.31 dB at 0.025 (CPU) and 29.87 dB at 0.1 (H100; benchmarks/results/ig_step_size.md).  Short
+    runs (a few hundred steps) do better with 0.1.
+    """
 
     iterations: PositiveInt = Field(2000, description="Adam steps per restart")
     lr: PositiveFloat = Field(
-        0.025, description="Adam step size of the images in data-range units (the references' 0.1 in units of the data's "
-        "standard deviation, a quarter of the range)"
+        0.05, description="Adam step size of the images in data-range units (0.2 in units of the data's standard deviation)"
     )
     tv_weight: NonNegativeFloat = Field(0.01, description="weight of the total-variation prior")
     signed: bool = Field(True, description="step on the sign of the gradient")

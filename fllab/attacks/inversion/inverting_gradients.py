@@ -4,14 +4,14 @@ Minimise over a candidate batch x in the data range
 
     1 - cos(grad_w L(x, y), g_observed) + alpha_TV * TV(x)
 
-with Adam on the *signed* gradient, step size 0.1 (in units of the data's standard deviation)
-dropped tenfold at 3/8, 5/8 and 7/8 of the iterations, and a projection onto the data range after
-each step ("boxed"); of several restarts, keep the one whose gradient matches best.  The reference
-settings are those of inversefed's ``reconstruct_image.py`` (``optim="ours"``) and breaching's
-``attack=invertinggradients`` (cosine similarity over all parameters, signed Adam, step-lr
-schedule, boxed, anisotropic TV).  Unlike both, fllab's images are not mean/std normalised: the
-candidate lives in the data range itself, so the step size is 0.025 range units
-(:class:`~fllab.attacks.base.AdamInversionParams`).
+with Adam on the *signed* gradient, the step size dropped tenfold at 3/8, 5/8 and 7/8 of the
+iterations, and a projection onto the data range after each step ("boxed"); of several restarts,
+keep the one whose gradient matches best.  The reference settings are those of inversefed's
+``reconstruct_image.py`` (``optim="ours"``) and breaching's ``attack=invertinggradients`` (cosine
+similarity over all parameters, signed Adam, step-lr schedule, boxed, anisotropic TV).  Unlike
+both, fllab's images are not mean/std normalised: the candidate lives in the data range itself,
+and the step size (0.05 range units, twice the references' 0.1 normalised units for runs a
+fraction as long) is discussed at :class:`~fllab.attacks.base.AdamInversionParams`.
 
 Against a HyperFL upload (a hypernetwork change) the attack inverts through the public model,
 whose stand-in client state takes the place of the unknown private embedding and head; the

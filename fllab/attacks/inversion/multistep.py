@@ -10,7 +10,7 @@ way the observed one does:
 
     1 - cos(delta_sim(x), delta) + alpha_TV * TV(x)
 
-minimised with Inverting Gradients' optimiser (signed Adam, step 0.025 with tenfold drops at
+minimised with Inverting Gradients' optimiser (signed Adam, step 0.05 with tenfold drops at
 3/8, 5/8, 7/8 of the run, projection onto the data range; of several restarts the best match is
 kept).  This is the multi-step attack of Geiping, Bauermeister, Droege & Moeller 2020 (Sec. 5,
 "Federated averaging": inversefed's ``FedAvgReconstructor`` / ``loss_steps``) and breaching's
