@@ -44,6 +44,9 @@ def test_a_poisoning_run_scores_its_drop_against_its_own_no_attack_twin(tmp_path
     assert summary["baseline"] == "baseline"
     twin = json.loads((run_dir / "baseline" / "summary.json").read_text())
     assert twin["name"] == "tiny.baseline" and twin["metrics"]["utility.accuracy"] == metrics[BASE]
+    # the run's report links the twin's results (a twin is trained without a report of its own)
+    assert '<a href="baseline/summary.json">baseline</a>' in (run_dir / "report.html").read_text()
+    assert "[baseline](baseline/summary.json)" in (run_dir / "report.md").read_text()
 
 
 def test_no_baseline_without_malicious_clients_or_when_not_asked(tmp_path):

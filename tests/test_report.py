@@ -333,6 +333,25 @@ def test_sweep_aggregates_over_seeds_and_draws_grids(tmp_path):
     assert (tmp_path / "figures" / "heatmap-inversion-psnr.png").is_file()
 
 
+def test_sweep_with_three_axes_draws_one_grid_per_outer_value(tmp_path):
+    """malicious_fraction.yaml varies attack, fraction and defense: a fraction x defense heat-map
+    per attack, each with its own cells."""
+    rows = []
+    for attack in ("alie", "min_max"):
+        for fraction in ("0.1", "0.2"):
+            for defense in ("mean", "median"):
+                acc = 0.8 - float(fraction) * (2 if attack == "min_max" else 1) * (0.5 if defense == "median" else 1)
+                rows.append({"cell": f"{attack}-{fraction}-{defense}", "param:attack": attack, "param:fraction": fraction,
+                             "param:defense": defense, "utility.accuracy": round(acc, 4), "poisoning.accuracy_drop": round(0.8 - acc, 4)})
+    write_results(tmp_path, rows)
+    _, html_path = build_sweep_report(tmp_path)
+    html = html_path.read_text(encoding="utf-8")
+    for attack in ("alie", "min_max"):
+        assert (tmp_path / "figures" / f"heatmap-utility-accuracy-attack-{attack}.png").is_file()
+        assert f"utility.accuracy by fraction and defense (attack={attack})" in html
+    assert not (tmp_path / "figures" / "heatmap-utility-accuracy.png").exists()
+
+
 def test_sweep_requested_pair_and_unknown_metric(tmp_path):
     write_results(tmp_path, [
         {"cell": "a", "param:x": "1", "custom.score": 1.0, "run.seconds": 3.0},

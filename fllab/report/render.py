@@ -204,6 +204,21 @@ def _meta(run: RunData) -> list[tuple[str, str]]:
     return meta
 
 
+def baseline_link(run: RunData) -> dict[str, str] | None:
+    """Where the no-attack twin's results are, relative to this run (``summary.json``'s
+    ``baseline``, written by the runner for ``evaluation.baseline``): its directory, and the file
+    the HTML and Markdown reports link to (the twin's own report when it has one, its
+    ``summary.json`` otherwise: twins are trained without reports).  None when there is no twin or
+    the path is not a plain relative one."""
+    raw = run.summary.get("baseline")
+    if not isinstance(raw, str) or not raw or raw.startswith(("/", "\\")) or ":" in raw:
+        return None
+    if any(p in ("", ".") for p in raw.split("/")) or not (run.path / raw / "summary.json").is_file():
+        return None
+    has = {kind: (run.path / raw / f"report.{kind}").is_file() for kind in ("html", "md")}
+    return {"dir": raw, **{kind: f"{raw}/{f'report.{kind}' if has[kind] else 'summary.json'}" for kind in has}}
+
+
 def report_context(run: RunData) -> dict[str, Any]:
     """Everything the run templates show; writes the generated figures as a side effect."""
     curves_png = plots.curves_figure(run.rounds)
@@ -232,6 +247,7 @@ def report_context(run: RunData) -> dict[str, Any]:
         "meta": _meta(run),
         "toc": toc,
         "summary": summary_table(run.metrics) if run.metrics else None,
+        "baseline": baseline_link(run),
         "privacy": privacy,
         "curves": curves,
         "rounds": rounds_table(run.rounds) if run.rounds else None,

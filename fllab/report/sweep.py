@@ -175,22 +175,34 @@ def _tradeoff_caption(x: str, y: str, aggregated: bool, on_front: int, total: in
             f"and better on one.")
 
 
+#: at most this many heat-maps per metric when a sweep varies more than two parameters.
+MAX_HEATMAP_SLICES = 12
+
+
 def _heatmaps(sweep_dir: Path, settings: list[dict[str, Any]], params: list[str], names: dict[str, str],
               metrics: list[str], aggregated: bool) -> list[FigureRef]:
-    """Metric over a two-parameter grid (e.g. attack x defense), one heat-map per plotted metric."""
-    row_param, col_param = params
-    row_labels = list(dict.fromkeys(s[row_param] for s in settings))
-    col_labels = list(dict.fromkeys(s[col_param] for s in settings))
-    lookup = {(s[row_param], s[col_param]): s for s in settings}
+    """Metric over the grid of the last two varying parameters (e.g. attack x defense), one
+    heat-map per plotted metric; with more varying parameters, one heat-map per combination of the
+    others (e.g. fraction x defense for each attack), the first :data:`MAX_HEATMAP_SLICES` of them."""
+    *outer, row_param, col_param = params
+    slices = list(dict.fromkeys(tuple(s[p] for p in outer) for s in settings))[:MAX_HEATMAP_SLICES]
     figures = []
     for metric in metrics:
-        matrix = [[(lookup.get((r, c)) or {}).get(metric) for c in col_labels] for r in row_labels]
-        title = f"{metric}{' (mean over seeds)' if aggregated else ''}"
-        png = plots.heatmap_figure(matrix, row_labels, col_labels, title, metric=metric,
-                                   xlabel=names[col_param], ylabel=names[row_param])
-        figures.append(save_figure(sweep_dir, f"heatmap-{metric}", png, f"{metric} by {names[row_param]} and {names[col_param]}",
-                                   f"Brighter is better for the defender ({direction_phrase(metric)}); grey cells were not run "
-                                   "or did not report the metric."))
+        for key in slices:
+            chosen = [s for s in settings if tuple(s[p] for p in outer) == key]
+            row_labels = list(dict.fromkeys(s[row_param] for s in chosen))
+            col_labels = list(dict.fromkeys(s[col_param] for s in chosen))
+            lookup = {(s[row_param], s[col_param]): s for s in chosen}
+            matrix = [[(lookup.get((r, c)) or {}).get(metric) for c in col_labels] for r in row_labels]
+            where = ", ".join(f"{names[p]}={v}" for p, v in zip(outer, key))
+            title = f"{metric}{' (mean over seeds)' if aggregated else ''}{f' at {where}' if where else ''}"
+            png = plots.heatmap_figure(matrix, row_labels, col_labels, title, metric=metric,
+                                       xlabel=names[col_param], ylabel=names[row_param])
+            name = "-".join(["heatmap", metric, *(f"{names[p]}-{v}" for p, v in zip(outer, key))])
+            figures.append(save_figure(sweep_dir, name, png,
+                                       f"{metric} by {names[row_param]} and {names[col_param]}{f' ({where})' if where else ''}",
+                                       f"Brighter is better for the defender ({direction_phrase(metric)}); grey cells were not run "
+                                       "or did not report the metric."))
     return figures
 
 
@@ -291,7 +303,7 @@ def sweep_context(sweep_dir: Path, x: str | None = None, y: str | None = None) -
                                      _tradeoff_caption(px, py, aggregated, on_front, total)))
     plotted = list(dict.fromkeys(m for pair in pairs for m in pair))
     varying = [p for p in results.params if len({r[p] for r in results.rows}) > 1]
-    heatmaps = _heatmaps(sweep_dir, settings, varying, names, plotted, aggregated) if len(varying) == 2 else []
+    heatmaps = _heatmaps(sweep_dir, settings, varying, names, plotted, aggregated) if len(varying) >= 2 else []
     privacy = _privacy_section(sweep_dir, results, points, varying, aggregated)
     seeds = sorted({str(r.get("seed")) for r in results.rows if r.get("seed") not in (None, "")}, key=lambda s: (len(s), s))
     toc = [("tradeoffs", "Trade-offs")] + ([("privacy", "Privacy")] if privacy else []) + ([("grid", "Grid")] if heatmaps else [])
