@@ -27,34 +27,51 @@ def benign_of(obs: PoisonObservation, name: str) -> torch.Tensor:
     return obs.benign_updates
 
 
+class OmniscientAttack:
+    """Shared frame of the attacks here: hold the params, hand :meth:`craft_from` the round's
+    benign updates, and send the honest updates in a round without any (module docstring)."""
+
+    family = "poisoning"
+    needs = UPDATE_KINDS
+    knowledge = "omniscient"
+    registered: str
+
+    def __init__(self, params: PoisoningParams):
+        self.params = params
+
+    def benign(self, obs: PoisonObservation) -> torch.Tensor:
+        return benign_of(obs, self.registered)
+
+    def craft(self, obs: PoisonObservation) -> torch.Tensor:
+        benign = self.benign(obs)
+        if benign.shape[0] == 0:
+            return obs.own_updates.clone()
+        return self.craft_from(benign, obs)
+
+    def craft_from(self, benign: torch.Tensor, obs: PoisonObservation) -> torch.Tensor:
+        raise NotImplementedError
+
+
 class FangKrumParams(PoisoningParams):
     f: NonNegativeInt | None = Field(None, description="the f of the server's Krum; null = the number of malicious clients in the round")
     threshold: PositiveFloat = Field(1e-5, description="lambda halves until Krum selects the crafted update or lambda falls below this")
 
 
 @ATTACKS.register("fang_krum")
-class FangKrum:
+class FangKrum(OmniscientAttack):
     """Fang et al.'s full-knowledge attack on Krum (directed deviation): every malicious client
     sends ``-lambda * s``, ``s`` the sign of the benign mean, with the largest lambda (from the
     paper's upper bound, halved step by step) for which Krum selects it
     (:func:`.kernels.fang_krum`).  Works in update space, where the zero update is the paper's
     before-attack global model."""
 
-    family = "poisoning"
     summary = "model poisoning: Fang et al.'s full-knowledge attack on Krum"
     threat_model = "colluding malicious clients; know every benign update of the round and that the server runs Krum"
     references = ("Fang, Cao, Jia and Gong, Local Model Poisoning Attacks to Byzantine-Robust Federated Learning, USENIX Security 2020",)
-    needs = UPDATE_KINDS
-    knowledge = "omniscient"
     Params = FangKrumParams
+    registered = "fang_krum"
 
-    def __init__(self, params: FangKrumParams):
-        self.params = params
-
-    def craft(self, obs: PoisonObservation) -> torch.Tensor:
-        benign = benign_of(obs, "fang_krum")
-        if benign.shape[0] == 0:
-            return obs.own_updates.clone()
+    def craft_from(self, benign: torch.Tensor, obs: PoisonObservation) -> torch.Tensor:
         update, _ = kernels.fang_krum(benign, obs.num_malicious, self.params.f, self.params.threshold)
         return replicate(update, obs.num_malicious)
 
@@ -64,26 +81,18 @@ class FangTrimParams(PoisoningParams):
 
 
 @ATTACKS.register("fang_trimmed_mean")
-class FangTrimmedMean:
+class FangTrimmedMean(OmniscientAttack):
     """Fang et al.'s full-knowledge attack on trimmed mean, which the paper also uses against the
     coordinate-wise median: per coordinate, each malicious client draws a value just beyond the
     benign extreme that lies against the benign direction (:func:`.kernels.fang_trim`)."""
 
-    family = "poisoning"
     summary = "model poisoning: Fang et al.'s full-knowledge attack on trimmed mean and median"
     threat_model = "colluding malicious clients; know every benign update of the round"
     references = ("Fang, Cao, Jia and Gong, Local Model Poisoning Attacks to Byzantine-Robust Federated Learning, USENIX Security 2020",)
-    needs = UPDATE_KINDS
-    knowledge = "omniscient"
     Params = FangTrimParams
+    registered = "fang_trimmed_mean"
 
-    def __init__(self, params: FangTrimParams):
-        self.params = params
-
-    def craft(self, obs: PoisonObservation) -> torch.Tensor:
-        benign = benign_of(obs, "fang_trimmed_mean")
-        if benign.shape[0] == 0:
-            return obs.own_updates.clone()
+    def craft_from(self, benign: torch.Tensor, obs: PoisonObservation) -> torch.Tensor:
         gen = torch.Generator().manual_seed(obs.seed)
         return kernels.fang_trim(benign, obs.num_malicious, self.params.b, gen)
 
@@ -107,7 +116,7 @@ class DefenseAwareParams(PoisoningParams):
 
 
 @ATTACKS.register("defense_aware_scaling")
-class DefenseAwareScaling:
+class DefenseAwareScaling(OmniscientAttack):
     """Defense-aware scaling: every malicious client sends ``mu - gamma * p`` (``mu`` the benign
     mean, ``p`` a perturbation as in Shejwalkar & Houmansadr's AGR-tailored attacks), with the
     direction and scale gamma that move the server's own aggregator output furthest from ``mu``.
@@ -117,23 +126,18 @@ class DefenseAwareScaling:
     direction tried (three with ``perturbation: best``, as no direction wins everywhere: ``std``
     is the strongest on the NDSS'21 heat-map setting, ``unit_vec`` on small digits runs)."""
 
-    family = "poisoning"
     summary = "model poisoning: scale mu - gamma*p to maximise the server aggregator's deviation"
     threat_model = "colluding malicious clients; know every benign update of the round and the server's aggregation rule"
     references = (
         "Shejwalkar and Houmansadr, Manipulating the Byzantine: Optimizing Model Poisoning Attacks and Defenses for Federated Learning, NDSS 2021",
         "Fang, Cao, Jia and Gong, Local Model Poisoning Attacks to Byzantine-Robust Federated Learning, USENIX Security 2020",
     )
-    needs = UPDATE_KINDS
-    knowledge = "omniscient"
     Params = DefenseAwareParams
-
-    def __init__(self, params: DefenseAwareParams):
-        self.params = params
+    registered = "defense_aware_scaling"
 
     def search(self, obs: PoisonObservation) -> tuple[torch.Tensor, float, float]:
         """``(crafted update, gamma, aggregate shift)`` for this round (at least one benign update)."""
-        benign = benign_of(obs, "defense_aware_scaling")
+        benign = self.benign(obs)
         if obs.aggregator is None:
             raise ValueError("defense_aware_scaling needs the server's aggregator (omniscient knowledge)")
         p_ = self.params
@@ -154,8 +158,6 @@ class DefenseAwareScaling:
                 best = (mu - gamma * p, gamma, value)
         return best
 
-    def craft(self, obs: PoisonObservation) -> torch.Tensor:
-        if benign_of(obs, "defense_aware_scaling").shape[0] == 0:
-            return obs.own_updates.clone()
+    def craft_from(self, benign: torch.Tensor, obs: PoisonObservation) -> torch.Tensor:
         update, _, _ = self.search(obs)
         return replicate(update, obs.num_malicious)

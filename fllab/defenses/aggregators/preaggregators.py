@@ -70,12 +70,26 @@ class PreAggregator(Rule):
         return call_inner(self.inner, kernels.apply_map(transform, x, self.buffer(rows, x)), weights, client_ids, dropped)
 
 
+class HonestMajorityPreAggregator(PreAggregator):
+    """A pre-aggregator with its own ``f`` that needs an honest majority (n > 2f) of the updates
+    it maps, before its inner rule's own check; ``rule`` names it in the error."""
+
+    rule: str
+
+    def require(self, n: int, f: int) -> None:
+        require_f(self.rule, n, f, "n > 2f", (n - 1) // 2)
+
+    def check(self, n):
+        self.require(n, self.params.f)
+        self.inner.check(n)
+
+
 class NNMParams(ThenParams):
     f: NonNegativeInt = Field(0, description=F_DESCRIPTION)
 
 
 @AGGREGATORS.register("nnm")
-class NNM(PreAggregator):
+class NNM(HonestMajorityPreAggregator):
     """Nearest-neighbour mixing: replace each update by the mean of its n - f nearest neighbours
     (itself included), then aggregate the mixed updates with ``then``.  Computed as one (n, n)
     mixing matrix times the updates; the mixed update i keeps client i's weight and id."""
@@ -85,12 +99,7 @@ class NNM(PreAggregator):
     checks_finite = True
     Params = NNMParams
 
-    def require(self, n, f):
-        require_f("nnm", n, f, "n > 2f", (n - 1) // 2)
-
-    def check(self, n):
-        self.require(n, self.params.f)
-        self.inner.check(n)
+    rule = "nnm"
 
     def aggregate(self, x, weights, client_ids, dropped):
         f = self.effective_f(dropped)
@@ -133,7 +142,7 @@ class ARCParams(ThenParams):
 
 
 @AGGREGATORS.register("arc")
-class ARC(PreAggregator):
+class ARC(HonestMajorityPreAggregator):
     """Adaptive robust clipping: clip the floor(2 f (n - f) / n) largest updates to the norm of
     the largest remaining one, then aggregate with ``then``."""
 
@@ -144,12 +153,7 @@ class ARC(PreAggregator):
     checks_finite = True
     Params = ARCParams
 
-    def require(self, n, f):
-        require_f("arc", n, f, "n > 2f", (n - 1) // 2)
-
-    def check(self, n):
-        self.require(n, self.params.f)
-        self.inner.check(n)
+    rule = "arc"
 
     def aggregate(self, x, weights, client_ids, dropped):
         f = self.effective_f(dropped)
