@@ -17,20 +17,28 @@ the baseline is 13.0) and none of the 5.
 from __future__ import annotations
 
 import copy
+import gc
 import json
+import math
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import fllab
 from fllab.algorithms.hyperfl import first_state
 from fllab.algorithms.hyperfl_net import FedPACCNN, HyperFLNet
 from fllab.attacks.inversion import HyperFLInversion, InvertingGradients, observed_gradient, recover_embedding
-from fllab.attacks.inversion.common import averaged_gradient, build_problem, momentum_count
+from fllab.attacks.inversion.common import (
+    adam_solve, averaged_gradient, build_problem, cosine_distance, momentum_count, stack_history,
+)
+from fllab.attacks.inversion.inverting_gradients import ig_objective
 from fllab.errors import CapabilityError, ConfigError
 from fllab.metrics.image import psnr, score_reconstructions
 from fllab.models.flat import flatten_params
@@ -218,6 +226,91 @@ def test_batched_equals_looped(clients):
         single = attack.reconstruct(obs[k], 2, labels[k], 3 + k)
         torch.testing.assert_close(batched[k].x, single.x, rtol=0, atol=1e-5)
         assert batched[k].history["loss"] == pytest.approx(single.history["loss"], rel=1e-5, abs=1e-6)
+
+
+# ------------------------------------------------------------------- cost of one search step
+def test_inverting_through_the_public_model_matches_the_full_gradient_cosine(clients):
+    """Inverting Gradients' objective through the public HyperFL model is the cosine distance over
+    the whole hypernetwork gradient (value and image gradient), computed without forming it."""
+    xs, ys, hyper, _ = clients
+    problem = build_problem("t", frozenset({"hypernetwork"}), [hyper[k][0] for k in (0, 3)])
+    objective = ig_objective(problem, 0.0)
+    x = torch.rand(2, *SHAPE, generator=torch.Generator().manual_seed(0))
+    for k in range(2):
+        for y in (ys[SETS[k * 3]], torch.tensor([3, 7])):
+            def full(x_):
+                g = problem.victim.batch_gradient(problem.params, x_, y)
+                return cosine_distance(g, problem.victim.split(problem.gradients[k]))
+            g_full, v_full = torch.func.grad_and_value(full)(x)
+            g_new, (v_new, _) = torch.func.grad_and_value(objective, has_aux=True)(x, problem.gradients[k], y, problem.params)
+            torch.testing.assert_close(v_new, v_full, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(g_new, g_full, rtol=1e-4, atol=1e-4 * float(g_full.abs().max()))
+
+
+class _LargestAllocation(TorchDispatchMode):
+    """Largest number of elements of a tensor an op allocates (outputs sharing an input's storage,
+    i.e. views, are not allocations)."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        for t in pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+def test_a_search_step_through_the_public_model_never_forms_the_hypernetwork_gradient(clients):
+    """Regression: Inverting Gradients through HyperFL's public model differentiated the whole
+    hypernetwork gradient at every step; its output-layer part dL/dW2 = delta a^T is (extractor
+    size x hidden size), 1.85M numbers here (and 14.8M at the reference's hidden 128), and the
+    search formed several such tensors per target and step: ~10x the per-step time of the FedAvg
+    path, tens of thousands of fresh pages a step and a heap that grew ~10 MB a step through the
+    engine.  A step must allocate nothing larger than a few extractor-sized vectors."""
+    xs, ys, hyper, _ = clients
+    problem = build_problem("t", frozenset({"hypernetwork"}), [hyper[k][0] for k in (0, 3)])
+    net = problem.victim.module
+    extractor = sum(net.hypernetwork.sizes)
+    w2 = net.hypernetwork.out.weight.numel()
+    assert w2 == extractor * 16
+    step = torch.func.vmap(
+        torch.func.grad_and_value(ig_objective(problem, 0.01), has_aux=True), in_dims=(0, 0, 0, None)
+    )
+    x = torch.rand(2, 2, *SHAPE, generator=torch.Generator().manual_seed(0))
+    y = torch.stack([ys[SETS[0]], ys[SETS[3]]])
+    with _LargestAllocation() as mode:
+        step(x, problem.gradients, y, problem.params)
+    assert mode.largest <= 2 * extractor, (mode.largest, extractor, w2)  # K = 2 rows
+
+
+def test_the_search_keeps_no_tensor_per_iteration():
+    """Regression: the optimiser kept a fresh clone of every figure of every iteration; those
+    long-lived small blocks fragment the heap between the step's large temporaries, which then
+    grows by about their size every iteration (~4 MB a step for 150 images, without bound).  The
+    number of live tensors must not depend on how many iterations have run."""
+    counts: list[int] = []
+
+    def live_tensors() -> int:
+        gc.collect()
+        with warnings.catch_warnings():  # isinstance on deprecated module attributes warns
+            warnings.simplefilter("ignore")
+            return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
+
+    def step(v: torch.Tensor):
+        counts.append(live_tensors())
+        loss = (v - 1).pow(2).sum(dim=1)
+        return (2 * (v - 1),), (loss, {"match": loss, "tv": v.abs().mean(dim=1)})
+
+    v = torch.zeros(3, 5)
+    curves = adam_solve(step, [(v, 0.1, True, (-math.inf, math.inf))], 40, True)
+    assert counts[39] == counts[10], counts
+    history = stack_history(curves, torch.tensor([0, 2]))
+    assert len(history) == 2 and all(len(h[n]) == 40 for h in history for n in ("loss", "match", "tv"))
+    assert history[0]["loss"][0] == pytest.approx(5.0) and history[0]["loss"][-1] < 5.0
 
 
 # ------------------------------------------------------------------------------- the attacks
