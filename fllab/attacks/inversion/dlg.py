@@ -100,7 +100,7 @@ class DeepLeakage(BatchedInversion):
         y_out = y_known
         if learn:
             y_out = torch.where(known[:, None], y_known, z[:, nx:].reshape(k, b, c).argmax(dim=-1))
-        curve = torch.stack(losses).T.cpu().tolist()
+        curve = losses.T.cpu().tolist()
         return [InversionResult(x=x[i], y=y_out[i], history={"loss": curve[i]}) for i in range(k)]
 
 

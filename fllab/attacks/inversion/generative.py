@@ -47,7 +47,7 @@ from ...registry import ATTACKS
 from ...seeding import torch_gen
 from ...types import UpdateObservation
 from ..base import InversionParams
-from .common import BatchedInversion, InversionResult, Problem, labels_for, stack_history
+from .common import BatchedInversion, CurveRecorder, InversionResult, Problem, labels_for, stack_history
 from .inverting_gradients import ig_objective
 from .prior import DDIMSampler, DiffusionPrior, PriorConfig, load_or_train_prior, noise_norm
 
@@ -190,7 +190,8 @@ class GenerativeInversion(BatchedInversion):
                                 for m in range(p.candidates)], dim=1)  # (K, M) matching losses
         z = z_all[torch.arange(k, device=device), cand.argmin(dim=1)].reshape(k * b, *shape)
 
-        curves: dict[str, list[Tensor]] = {"loss": [], "match": [], "tv": []}
+        recorder = CurveRecorder(p.latent_iterations + p.feature_stages * p.feature_iterations)
+        recorded = 0
         best_x = torch.empty((k, b, *shape), device=device, dtype=dtype)
         best_match = torch.full((k,), float("inf"), device=device, dtype=dtype)
         best_stage = torch.zeros(k, dtype=torch.long, device=device)
@@ -199,6 +200,7 @@ class GenerativeInversion(BatchedInversion):
         def optimise(variable: Tensor, forward, project, lr: float, iterations: int) -> None:
             optimizer = torch.optim.Adam([variable], lr=lr)
             annealing = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=iterations)
+            nonlocal recorded
             for _ in range(iterations):
                 images = forward(variable)
                 grad_x, (loss, (_, figures)) = loss_grad(images.detach(), targets, y, params)
@@ -208,8 +210,8 @@ class GenerativeInversion(BatchedInversion):
                 annealing.step()
                 with torch.no_grad():
                     variable.copy_(project(variable))
-                for name, value in {"loss": loss, **figures}.items():
-                    curves[name].append(value.detach())
+                recorder.record(recorded, {"loss": loss, **figures})
+                recorded += 1
 
         def keep_best(images: Tensor, stage: int) -> None:
             with torch.no_grad():
@@ -245,7 +247,7 @@ class GenerativeInversion(BatchedInversion):
             with torch.no_grad():
                 keep_best(generate(state, s), s)
 
-        histories = stack_history(curves, torch.arange(k, device=device))
+        histories = stack_history(recorder.curves, torch.arange(k, device=device))
         per_stage = torch.stack(stage_match, dim=1).cpu().tolist()  # (K, stages)
         chosen = best_stage.cpu().tolist()
         return [

@@ -40,13 +40,16 @@ def lbfgs(
     history_size: int = 100,
     tolerance_grad: float = 1e-7,
     tolerance_change: float = 1e-9,
-) -> tuple[Tensor, list[Tensor]]:
+) -> tuple[Tensor, Tensor]:
     """Minimise ``fun`` from ``z0`` (N, D); returns the final iterates and the losses at every
-    evaluation (a list of (N,) tensors, the first at ``z0``)."""
+    evaluation (a (T, N) tensor, row 0 at ``z0``; preallocated, as in
+    :class:`~.common.CurveRecorder`)."""
     z = z0.clone()
     n, d = z.shape
     loss, g = fun(z)
-    losses = [loss]
+    losses = loss.new_empty((iterations + 1, n))
+    losses[0] = loss.detach()
+    count = 1
     active = g.abs().amax(-1) > tolerance_grad
     S = z.new_zeros(n, history_size, d)
     Y = z.new_zeros(n, history_size, d)
@@ -82,10 +85,11 @@ def lbfgs(
         active = active & finite
         loss = torch.where(active, new_loss, loss)
         g = torch.where(active[:, None], new_g, g)
-        losses.append(loss)
+        losses[count] = loss.detach()
+        count += 1
         active = active & (g.abs().amax(-1) > tolerance_grad)
         active = active & (move.abs().amax(-1) > tolerance_change)
         active = active & ((loss - prev_loss).abs() >= tolerance_change)
         if not bool(active.any()):
             break
-    return z, losses
+    return z, losses[:count]

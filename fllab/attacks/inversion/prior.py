@@ -241,8 +241,8 @@ def train_unet(unet: torch.nn.Module, data: TensorData, config: PriorConfig) -> 
     annealing = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps)
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
     conditional = config.unet.class_conditional
-    losses: list[Tensor] = []
-    for _ in range(config.steps):
+    losses = torch.empty(config.steps)  # preallocated: no small tensor kept per step (CurveRecorder)
+    for i in range(config.steps):
         idx = torch.randint(n, (config.batch_size,), generator=gen)
         x0 = x_all[idx]
         noise = torch.randn(x0.shape, generator=gen)
@@ -260,8 +260,8 @@ def train_unet(unet: torch.nn.Module, data: TensorData, config: PriorConfig) -> 
                     ema[k].lerp_(v, 1.0 - config.ema_decay)
                 else:
                     ema[k].copy_(v)
-        losses.append(loss.detach())
-    return ema, torch.stack(losses).tolist()
+        losses[i] = loss.detach()
+    return ema, losses.tolist()
 
 
 def load_or_train_prior(config: PriorConfig, *, retrain: bool = False) -> DiffusionPrior:
