@@ -112,7 +112,7 @@ def test_shipped_poisoning_sweeps_resolve_and_refuse_what_frl_cannot_host():
     folder = Path(__file__).resolve().parents[1] / "scenarios" / "poisoning"
     cells = {tuple(v.values()): s for _, v, _, s in resolve_cells(load_raw(folder / "ndss21_heatmap.yaml"))}
     attacks, defenses = {a for a, _ in cells}, {d for _, d in cells}
-    assert len(cells) == len(attacks) * len(defenses) == 12 * 14
+    assert len(cells) == len(attacks) * len(defenses) == 12 * 15
     assert [a for a in sorted(attacks) if not isinstance(cells[(a, "frl")], str)] == ["label_flip", "none", "rank_adaptive", "rank_reversal"]
     assert cells[("min_max", "frl")] == "attacks.0: min_max needs a delta or gradient update; algorithm frl sends a ranking"
     assert cells[("rank_reversal", "krum")] == "attacks.0: rank_reversal needs a ranking update; algorithm fedsgd sends a gradient"
