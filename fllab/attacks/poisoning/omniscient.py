@@ -8,6 +8,7 @@ clients then send their honest updates.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Literal, get_args
 
 import torch
@@ -27,7 +28,7 @@ def benign_of(obs: PoisonObservation, name: str) -> torch.Tensor:
     return obs.benign_updates
 
 
-class OmniscientAttack:
+class OmniscientAttack(ABC):
     """Shared frame of the attacks here: hold the params, hand :meth:`craft_from` the round's
     benign updates, and send the honest updates in a round without any (module docstring)."""
 
@@ -48,8 +49,9 @@ class OmniscientAttack:
             return obs.own_updates.clone()
         return self.craft_from(benign, obs)
 
+    @abstractmethod
     def craft_from(self, benign: torch.Tensor, obs: PoisonObservation) -> torch.Tensor:
-        raise NotImplementedError
+        """The crafted (m, d) updates of the round's m malicious clients, given the benign ones."""
 
 
 class FangKrumParams(PoisoningParams):
