@@ -298,15 +298,18 @@ class CurveRecorder:
 
     def __init__(self, iterations: int):
         self.iterations = iterations
+        self.recorded = 0
         self.curves: dict[str, Tensor] = {}
 
-    def record(self, i: int, figures: Mapping[str, Tensor]) -> None:
+    def record(self, figures: Mapping[str, Tensor]) -> None:
+        """Write the next iteration's figures (copied: a figure may alias a variable)."""
         with torch.no_grad():
             for name, value in figures.items():
                 buf = self.curves.get(name)
                 if buf is None:
                     buf = self.curves[name] = value.new_empty((self.iterations, *value.shape))
-                buf[i].copy_(value.detach())
+                buf[self.recorded].copy_(value.detach())
+        self.recorded += 1
 
 
 def labels_for(problem: Problem, labels: list[Tensor | None], num_images: int) -> Tensor:
@@ -367,9 +370,9 @@ def adam_solve(
         optimizer, milestones=step_milestones(iterations) if lr_decay else [], gamma=0.1
     )
     recorder = CurveRecorder(iterations)
-    for i in range(iterations):
+    for _ in range(iterations):
         grads, (loss, figures) = step(*leaves)
-        recorder.record(i, {"loss": loss, **figures})  # copied: a figure may alias a variable
+        recorder.record({"loss": loss, **figures})
         for (v, _, signed, _), g in zip(variables, grads):
             v.grad = g.sign() if signed else g
         optimizer.step()

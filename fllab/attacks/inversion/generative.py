@@ -191,7 +191,6 @@ class GenerativeInversion(BatchedInversion):
         z = z_all[torch.arange(k, device=device), cand.argmin(dim=1)].reshape(k * b, *shape)
 
         recorder = CurveRecorder(p.latent_iterations + p.feature_stages * p.feature_iterations)
-        recorded = 0
         best_x = torch.empty((k, b, *shape), device=device, dtype=dtype)
         best_match = torch.full((k,), float("inf"), device=device, dtype=dtype)
         best_stage = torch.zeros(k, dtype=torch.long, device=device)
@@ -200,7 +199,6 @@ class GenerativeInversion(BatchedInversion):
         def optimise(variable: Tensor, forward, project, lr: float, iterations: int) -> None:
             optimizer = torch.optim.Adam([variable], lr=lr)
             annealing = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=iterations)
-            nonlocal recorded
             for _ in range(iterations):
                 images = forward(variable)
                 grad_x, (loss, (_, figures)) = loss_grad(images.detach(), targets, y, params)
@@ -210,8 +208,7 @@ class GenerativeInversion(BatchedInversion):
                 annealing.step()
                 with torch.no_grad():
                     variable.copy_(project(variable))
-                recorder.record(recorded, {"loss": loss, **figures})
-                recorded += 1
+                recorder.record({"loss": loss, **figures})
 
         def keep_best(images: Tensor, stage: int) -> None:
             with torch.no_grad():
