@@ -1,5 +1,5 @@
 """Shadow / reference models for membership inference: K models trained as ONE vectorized ensemble
-(``fllab.attacks.membership.ensemble.train_ensemble``: stacked weights, batched matrix products with
+(``fllab.training.stacked.train_ensemble``: stacked weights, batched matrix products with
 a hand-written backward pass for MLPs, one fused SGD step) against the same K models trained one after another with fllab's
 local trainer (``fllab.training.local.sgd_train``), in the same run.
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from sklearn.datasets import load_digits
 
-from fllab.attacks.membership.ensemble import balanced_masks, init_ensemble, train_ensemble
+from fllab.training.stacked import balanced_masks, init_ensemble, train_ensemble
 from fllab.models.flat import flatten_params, load_flat_
 from fllab.models.mlp import MLP
 from fllab.seeding import torch_gen

@@ -43,7 +43,7 @@ from fllab.metrics.image import psnr, score_reconstructions
 from fllab.models.flat import flatten_params
 from fllab.registry import ALGORITHMS, DATASETS, MODELS
 from fllab.seeding import torch_gen
-from fllab.training.algorithms import start_from
+from fllab.algorithms.fedavg import start_from
 from fllab.types import ClientTask, ModelHandle, TensorData, UpdateObservation
 
 

@@ -1,7 +1,8 @@
 """Imports every built-in component module so that its ``register`` decorators run."""
 from .data import datasets, partitions, samples  # noqa: F401
 from . import models  # noqa: F401
-from .training import algorithms, executors  # noqa: F401
+from .training import executors  # noqa: F401
+from .algorithms import fedavg  # noqa: F401
 from .defenses import aggregators  # noqa: F401
 from . import attacks  # noqa: F401
 from .defenses import secure_aggregation  # noqa: F401

@@ -25,13 +25,13 @@ from fllab.attacks.inversion import (
     SurrogateModelExtension,
     simulate_local_training,
 )
-from fllab.attacks.inversion.common import VictimModel
+from fllab.models.victim import VictimModel
 from fllab.errors import CapabilityError, ConfigError
 from fllab.metrics.image import psnr, score_reconstructions
 from fllab.models.flat import flatten_params
 from fllab.registry import ALGORITHMS, ATTACKS, MODELS
 from fllab.seeding import torch_gen
-from fllab.training.algorithms import start_from
+from fllab.algorithms.fedavg import start_from
 from fllab.types import ClientTask, ModelHandle, TensorData, UpdateKind, UpdateObservation
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "samples"

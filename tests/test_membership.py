@@ -32,14 +32,14 @@ from fllab.attacks.membership import (
     tune_offline_a,
 )
 from fllab.attacks.membership import kernels
-from fllab.attacks.inversion.common import VictimModel
+from fllab.models.victim import VictimModel
 from fllab.errors import CapabilityError, ConfigError
 from fllab.metrics.membership import auc, membership_metrics, roc_curve, tpr_at_fpr
 from fllab.models.flat import flatten_params, load_flat_
 from fllab.models.mlp import MLP
 from fllab.registry import ATTACKS
 from fllab.seeding import torch_gen
-from fllab.training.algorithms import FedAvg, FedSGD
+from fllab.algorithms.fedavg import FedAvg, FedSGD
 from fllab.training.local import sgd_train, steps_for
 from fllab.types import ClientTask, ModelHandle, ModelObservation, TensorData, UpdateKind, UpdateObservation
 
@@ -235,8 +235,8 @@ ENSEMBLE_MODELS = {
 
 
 def test_stacked_kernels_cover_the_mlp_zoo_and_fall_back_to_vmap(digits):
-    from fllab.attacks.inversion.common import VictimModel
-    from fllab.attacks.membership.ensemble import StackedMLP
+    from fllab.models.victim import VictimModel
+    from fllab.training.stacked import StackedMLP
 
     for name, build in ENSEMBLE_MODELS.items():
         model = VictimModel(build, digits.x.device, digits.x.dtype)

@@ -28,7 +28,8 @@ from typing import Callable, Mapping
 import torch
 from pydantic import Field, PositiveInt
 from torch import nn
-from torch.func import functional_call
+import torch.nn.functional as F
+from torch.func import functional_call, grad
 
 from ..errors import ConfigError
 from ..models.flat import param_shapes, unflatten
@@ -172,6 +173,40 @@ class HyperFLNet(nn.Module):
         for name, value in self.state_tensors(state.embedding, state.head).items():
             own[name].copy_(value)
         return self
+
+    def gradient_cosine_distance(
+        self, params: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], target_norm: torch.Tensor,
+        x: torch.Tensor, y: torch.Tensor,
+    ) -> torch.Tensor:
+        """Inverting Gradients' ``1 - cos`` between the hypernetwork gradient of the batch ``x``
+        (labels ``y``) at hypernetwork weights ``params`` (this module's trainable parameter name
+        -> tensor), through this module's loaded client state, and an observed hypernetwork
+        gradient ``target`` (same names) of L2 norm ``target_norm``; the same number as the cosine over the gradient itself
+        (:meth:`fllab.models.victim.VictimModel.cosine_distance`), without forming that gradient.
+
+        With ``z = W1 v + b1``, ``a = ReLU(z)``, ``theta = W2 a + b2`` and ``delta = dL/dtheta`` the
+        gradient is ``dL/dW2 = delta a^T``, ``dL/db2 = delta``, ``dL/dW1 = u v^T``, ``dL/db1 = u`` with
+        ``u = (W2^T delta) * [z > 0]``, so its inner product with the target ``T`` is ``delta . (T_W2 a
+        + T_b2) + u . (T_W1 v + T_b1)`` and its squared norm ``|delta|^2 (|a|^2 + 1) + |u|^2 (|v|^2 +
+        1)``.  Only the extractor-sized ``delta`` is differentiated; the generic path materialises
+        ``dL/dW2`` (extractor size x hidden size: 1.85M numbers for the scenario's hidden 16) and
+        differentiates through it again at every step of the search.
+        """
+        hyper = self.hypernetwork
+        w_name, b_name = EMBEDDING_LAYER
+        out_w, out_b = OUTPUT_BIAS.rsplit(".", 1)[0] + ".weight", OUTPUT_BIAS
+        p, t, v = params, target, self.embedding
+        head = {n: self.target.get_parameter(n) for n in self.head_names}
+        z = p[w_name] @ v + p[b_name]
+        a = F.relu(z)
+        theta = p[out_w] @ a + p[out_b]
+        extractor = {n: c.view(s) for n, c, s in zip(hyper.names, theta.split(hyper.sizes), hyper.shapes)}
+        g = grad(lambda e: F.cross_entropy(self.logits(x, e, head), y))(extractor)
+        delta = torch.cat([g[n].reshape(-1) for n in hyper.names])
+        u = (p[out_w].T @ delta) * (z > 0).to(delta.dtype)
+        dot = delta @ (t[out_w] @ a + t[out_b]) + u @ (t[w_name] @ v + t[b_name])
+        g_norm = (delta.pow(2).sum() * (a.pow(2).sum() + 1) + u.pow(2).sum() * (v.pow(2).sum() + 1)).sqrt()
+        return 1.0 - dot / (g_norm * target_norm).clamp_min(torch.finfo(dot.dtype).tiny)
 
     def initial_state(self, gen: torch.Generator) -> HyperFLState:
         """A fresh client state drawn from ``gen`` the way the reference initialises it: embedding

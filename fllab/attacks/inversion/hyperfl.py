@@ -47,14 +47,14 @@ from pydantic import Field, PositiveFloat
 from torch import Tensor
 from torch.func import grad, vmap
 
-from ...algorithms.hyperfl_net import EMBEDDING_LAYER, OUTPUT_BIAS, HyperFLNet, HyperFLState, extractor_gradient, generate_extractor
+from ...algorithms.hyperfl_net import EMBEDDING_LAYER, HyperFLNet, HyperFLState, extractor_gradient, generate_extractor
 from ...errors import CapabilityError
 from ...models.flat import unflatten
 from ...registry import ATTACKS
 from ...seeding import torch_gen
 from ...types import UpdateObservation
 from ..base import AdamInversionParams
-from .common import AdamInversion, InversionResult, Problem, VictimModel, cosine_distance, labels_for, total_variation
+from .common import AdamInversion, InversionResult, Problem, cosine_distance, labels_for, total_variation
 
 
 def recover_embedding(problem: Problem) -> Tensor:
@@ -68,41 +68,6 @@ def recover_embedding(problem: Problem) -> Tensor:
         return gw.T @ gb / gb.pow(2).sum().clamp_min(torch.finfo(gb.dtype).tiny)
 
     return vmap(one)(problem.gradients)
-
-
-def public_model_distance(victim: VictimModel, params: Tensor, x: Tensor, y: Tensor, target: Tensor) -> Tensor:
-    """Inverting Gradients' ``1 - cos`` between the hypernetwork gradient of the batch ``x``
-    (labels ``y``) at flat hypernetwork weights ``params``, through the public HyperFL model with
-    its stand-in client state, and the observed hypernetwork gradient ``target``; the same number as
-    :func:`~.common.cosine_distance` over ``victim.batch_gradient(params, x, y)``, without forming
-    that gradient.
-
-    With ``z = W1 v + b1``, ``a = ReLU(z)``, ``theta = W2 a + b2`` and ``delta = dL/dtheta`` the
-    gradient is ``dL/dW2 = delta a^T``, ``dL/db2 = delta``, ``dL/dW1 = u v^T``, ``dL/db1 = u`` with
-    ``u = (W2^T delta) * [z > 0]``, so its inner product with the target ``T`` is ``delta . (T_W2 a
-    + T_b2) + u . (T_W1 v + T_b1)`` and its squared norm ``|delta|^2 (|a|^2 + 1) + |u|^2 (|v|^2 +
-    1)``.  Only the extractor-sized ``delta`` is differentiated; the generic path materialises
-    ``dL/dW2`` (extractor size x hidden size: 1.85M numbers for the scenario's hidden 16) and
-    differentiates through it again at every step of the search.
-    """
-    net = victim.module
-    hyper = net.hypernetwork
-    w_name, b_name = EMBEDDING_LAYER
-    out_w, out_b = OUTPUT_BIAS.rsplit(".", 1)[0] + ".weight", OUTPUT_BIAS
-    p, t = victim.named(params), victim.named(target)
-    v = victim.buffers["embedding"]
-    head = {n: net.target.get_parameter(n) for n in net.head_names}
-    z = p[w_name] @ v + p[b_name]
-    a = F.relu(z)
-    theta = p[out_w] @ a + p[out_b]
-    extractor = {n: c.view(s) for n, c, s in zip(hyper.names, theta.split(hyper.sizes), hyper.shapes)}
-    g = grad(lambda e: F.cross_entropy(net.logits(x, e, head), y))(extractor)
-    delta = torch.cat([g[n].reshape(-1) for n in hyper.names])
-    u = (p[out_w].T @ delta) * (z > 0).to(delta.dtype)
-    dot = delta @ (t[out_w] @ a + t[out_b]) + u @ (t[w_name] @ v + t[b_name])
-    g_norm = (delta.pow(2).sum() * (a.pow(2).sum() + 1) + u.pow(2).sum() * (v.pow(2).sum() + 1)).sqrt()
-    t_norm = torch.linalg.vector_norm(target)
-    return 1.0 - dot / (g_norm * t_norm).clamp_min(torch.finfo(dot.dtype).tiny)
 
 
 def prior_states(net: HyperFLNet, seed: int, count: int) -> list[HyperFLState]:

@@ -26,27 +26,19 @@ from typing import Sequence
 
 from torch import Tensor
 
-from ...algorithms.hyperfl_net import HyperFLNet
 from ...registry import ATTACKS
 from ...types import UpdateObservation
 from ..base import AdamInversionParams
-from .common import AdamInversion, InversionResult, Problem, cosine_distance, labels_for, total_variation
-from .hyperfl import public_model_distance
+from .common import AdamInversion, InversionResult, Problem, labels_for, total_variation
 
 
 def ig_objective(problem: Problem, tv_weight: float):
-    """The per-target objective ``(x, target, y, params) -> (total, (match, {"match", "tv"}))``.
-
-    Through the public HyperFL model the cosine is taken without forming the hypernetwork
-    gradient (:func:`~.hyperfl.public_model_distance`: the same number, at the cost of the
-    extractor gradient instead of one a hidden-size multiple of it)."""
-    hypernetwork = isinstance(problem.victim.module, HyperFLNet)
+    """The per-target objective ``(x, target, y, params) -> (total, (match, {"match", "tv"}))``:
+    the gradient cosine (:meth:`~fllab.models.victim.VictimModel.cosine_distance`, in closed form
+    through a network that has one, e.g. HyperFL's) plus the TV prior."""
 
     def objective(x: Tensor, target: Tensor, y: Tensor, params: Tensor):
-        if hypernetwork:
-            match = public_model_distance(problem.victim, params, x, y, target)
-        else:
-            match = cosine_distance(problem.victim.batch_gradient(params, x, y), problem.victim.split(target))
+        match = problem.victim.cosine_distance(params, x, y, target)
         tv = total_variation(x)
         return match + tv_weight * tv, (match, {"match": match, "tv": tv})
 

@@ -15,10 +15,10 @@ and scores them from the outsider position to bound epsilon from below.
 
 Scores are float64 CPU tensors, higher = more likely a member; :mod:`fllab.metrics.membership`
 turns them and the ground truth into AUC and TPR at low FPR.  Shadow and reference models are
-trained as one vectorized ensemble (:mod:`.ensemble`).
+trained as one vectorized ensemble (:mod:`fllab.training.stacked`).
 """
 from .canary import CanaryAudit
-from .ensemble import Ensemble, balanced_masks, ensemble_logits, init_ensemble, model_logits, train_ensemble
+from ...training.stacked import Ensemble, balanced_masks, ensemble_logits, init_ensemble, model_logits, train_ensemble
 from .outsider import RMIA, LiRA, LossAttack, PopulationAttack, ShadowAttack, reference_outputs, target_loss_scores, tune_offline_a
 from .server import UpdateCosine, UpdateGradNorm, UpdateLoss, client_weights, descent_direction, per_example_gradients
 

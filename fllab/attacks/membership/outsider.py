@@ -42,9 +42,9 @@ from ...registry import ATTACKS
 from ...seeding import derive_seed, torch_gen
 from ...types import ModelObservation, TensorData
 from ..base import MembershipParams
-from ..inversion.common import VictimModel
+from ...models.victim import VictimModel
 from . import kernels
-from .ensemble import balanced_masks, ensemble_logits, model_logits, train_ensemble
+from ...training.stacked import balanced_masks, ensemble_logits, model_logits, train_ensemble
 
 #: Outsider attacks work whatever the clients transmit.
 ANY_UPDATE = frozenset({"gradient", "delta", "ranking", "hypernetwork"})

@@ -42,9 +42,9 @@ from ...errors import CapabilityError
 from ...registry import ATTACKS
 from ...types import TensorData, UpdateKind, UpdateObservation
 from ..base import MembershipParams
-from ..inversion.common import VictimModel
+from ...models.victim import VictimModel
 from . import kernels
-from .ensemble import model_logits
+from ...training.stacked import model_logits
 
 SERVER_THREAT = (
     "honest-but-curious server: one client's uploads (gradient or FedAvg delta), the global weights it sent, "

@@ -15,7 +15,7 @@ from torch import nn
 from ..models.flat import flatten_params, load_flat_
 from ..registry import ALGORITHMS, Params
 from ..types import ClientResult, ClientTask, PublicHyperParams, UpdateKind
-from .local import batch_gradient, batch_order, sgd_train, steps_for
+from ..training.local import batch_gradient, batch_order, sgd_train, steps_for
 
 # A trainer runs local optimisation in place and returns the mean loss.  DP-SGD replaces it.
 Trainer = Callable[..., float]

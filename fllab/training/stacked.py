@@ -37,10 +37,10 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 from torch.func import functional_call, vmap
 
-from ...models.flat import flatten_params
-from ...seeding import derive_seed, torch_gen
-from ...training.local import batch_order, steps_for
-from ..inversion.common import VictimModel
+from ..models.flat import flatten_params
+from ..seeding import derive_seed, torch_gen
+from .local import batch_order, steps_for
+from ..models.victim import VictimModel
 
 #: Entries of one (chunk, K, hidden) activation block kept below this when evaluating.
 _EVAL_BUDGET = 1 << 24
