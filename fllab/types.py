@@ -99,6 +99,7 @@ class ClientResult:
     metrics: Mapping[str, float] = field(default_factory=dict)
     extras: Mapping[str, Any] = field(default_factory=dict)  # seen by the engine only (e.g. which examples were used)
     state: Any = None  # kept by the client for its next round (private: never observed by the server)
+    training: Any = None  # the local trainer's TrainReport (loss, steps, DP segments), when it trained through one
 
     def with_update(self, update: torch.Tensor) -> "ClientResult":
         return replace(self, update=update)

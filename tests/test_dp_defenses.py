@@ -176,14 +176,14 @@ def test_dp_sgd_keeps_the_wrapped_state_and_extends_each_clients_history():
     defense = DPSGD(DPSGD.Params(noise_multiplier=1.0, accountant="rdp"))
     trainer = defense.wrap_trainer(sgd_train)
     data, seen = toy_data(), []
-    with pytest.raises(RuntimeError, match="fit wrapper"):
-        trainer(fresh(), data, steps=1, batch_size=10, lr=0.1, momentum=0.0, weight_decay=0.0, gen=torch.Generator())
+    report = trainer(fresh(), data, steps=1, batch_size=10, lr=0.1, momentum=0.0, weight_decay=0.0, gen=torch.Generator())
+    assert (report.steps, report.privacy) == (1, ((1.0, 0.25, 1),))  # the trainer reports what it spent
 
     def fit(task: ClientTask) -> ClientResult:  # an algorithm with its own client state
         seen.append(task.state)
-        trainer(fresh(), data, steps=2, batch_size=10, lr=0.1, momentum=0.0, weight_decay=0.0,
-                gen=torch.Generator().manual_seed(task.seed))
-        return ClientResult(task.client_id, torch.zeros(3), len(data), state=f"own state {task.round}")
+        spent = trainer(fresh(), data, steps=2, batch_size=10, lr=0.1, momentum=0.0, weight_decay=0.0,
+                        gen=torch.Generator().manual_seed(task.seed))
+        return ClientResult(task.client_id, torch.zeros(3), len(data), state=f"own state {task.round}", training=spent)
 
     wrapped = defense.wrap_fit(fit)
     first = wrapped(ClientTask(5, 0, torch.zeros(3), data, seed=1))
@@ -196,6 +196,9 @@ def test_dp_sgd_keeps_the_wrapped_state_and_extends_each_clients_history():
     ledger = PrivacyLedger("rdp")
     ledger.step(1.0, 0.25, 4)
     assert eps == {"privacy.epsilon": ledger.epsilon(DELTA), "privacy.delta": DELTA}
+    untrained = defense.wrap_fit(lambda task: ClientResult(task.client_id, torch.zeros(3), len(data)))
+    with pytest.raises(RuntimeError, match="did not train through the client trainer"):
+        untrained(ClientTask(5, 0, torch.zeros(3), data, seed=1))
 
 
 def test_dp_sgd_target_calibrates_per_sampling_rate_and_refuses_an_unreachable_budget():

@@ -15,10 +15,10 @@ from torch import nn
 from ..models.flat import flatten_params, load_flat_
 from ..registry import ALGORITHMS, Params
 from ..types import ClientResult, ClientTask, PublicHyperParams, UpdateKind
-from ..training.local import batch_gradient, batch_order, sgd_train, steps_for
+from ..training.local import TrainReport, batch_gradient, batch_order, sgd_train, steps_for
 
-# A trainer runs local optimisation in place and returns the mean loss.  DP-SGD replaces it.
-Trainer = Callable[..., float]
+# A trainer runs local optimisation in place and returns a TrainReport.  DP-SGD replaces it.
+Trainer = Callable[..., TrainReport]
 
 
 class FedSGDParams(Params):
@@ -98,13 +98,15 @@ class FedAvg:
     def client_update(self, model: nn.Module, task: ClientTask, gen: torch.Generator, trainer: Trainer | None = None) -> ClientResult:
         p = self.params
         train = trainer or sgd_train
-        loss = train(
+        report = train(
             model, task.data, steps=self.local_steps(len(task.data)), batch_size=p.batch_size,
             lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay, gen=gen,
         )
         delta = flatten_params(model) - task.global_params
         used = torch.arange(len(task.data), device=task.data.x.device)
-        return ClientResult(task.client_id, delta, len(task.data), {"train_loss": loss}, {"used_index": used})
+        return ClientResult(
+            task.client_id, delta, len(task.data), {"train_loss": report.loss}, {"used_index": used}, training=report
+        )
 
     def server_step(self, global_params: torch.Tensor, aggregate: torch.Tensor) -> torch.Tensor:
         return global_params + self.params.server_lr * aggregate

@@ -49,8 +49,7 @@ rounds, ``dp_fedavg``'s per-layer clipping the model's parameter sizes.
 from __future__ import annotations
 
 import math
-from contextvars import ContextVar
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Mapping, Sequence
 
 import torch
@@ -60,7 +59,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..registry import DEFENSES, Params
 from ..seeding import torch_gen
-from ..training.local import sgd_train
+from ..training.local import TrainReport, sgd_train
 from ..types import ClientResult, ClientTask, FitFn, ModelHandle, TensorData
 from ..privacy import PrivacyLedger, noise_for_target_epsilon
 from .dp_train import Clipping, GradSampleMode, check_dp_model, dp_sgd_train
@@ -128,18 +127,6 @@ class DPSGDState:
     inner: Any = None
 
 
-@dataclass
-class _Steps:
-    """What the trainer ran during one client round (filled by the trainer, read by the fit wrapper)."""
-
-    segments: list[tuple[float, float, int]] = field(default_factory=list)
-
-
-# The fit wrapper opens a recording context for the trainer it (indirectly) calls: the trainer
-# interface returns only the loss.  A context variable keeps concurrent clients (threads) apart.
-_RECORDING: ContextVar[_Steps | None] = ContextVar("fllab_dp_sgd_steps", default=None)
-
-
 class DPSGDParams(_NoiseParams):
     max_grad_norm: PositiveFloat = Field(1.0, description="per-sample gradient clip norm C")
     clipping: Clipping = Field("flat", description="flat: whole gradient to C; per_layer: each tensor to C/sqrt(L)")
@@ -161,10 +148,7 @@ class _DPSGDTrainer:
     def __call__(
         self, model: nn.Module, data: TensorData, *, steps: int, batch_size: int, lr: float, momentum: float,
         weight_decay: float, gen: torch.Generator,
-    ) -> float:
-        recording = _RECORDING.get()
-        if recording is None:
-            raise RuntimeError("dp_sgd's trainer runs only inside dp_sgd's fit wrapper (it records the steps it spends)")
+    ) -> TrainReport:
         n = len(data)
         q = min(batch_size, n) / n
         sigma = self.defense.noise_multiplier_for(q, steps)
@@ -174,13 +158,13 @@ class _DPSGDTrainer:
             noise_multiplier=sigma, max_grad_norm=p.max_grad_norm, clipping=p.clipping,
             grad_sample_mode=p.grad_sample_mode,
         )
-        recording.segments.append((sigma, q, steps))
-        return loss
+        return TrainReport(loss, steps, ((sigma, q, steps),))
 
 
 class _DPSGDFit:
-    """Runs the client's fit with a recording context, then appends what the trainer spent to
-    the client's history (private state) and reports it in the result's extras."""
+    """Runs the client's fit, then appends the DP-SGD segments its trainer reported
+    (:attr:`ClientResult.training`) to the client's history (private state) and reports the
+    history in the result's extras."""
 
     def __init__(self, defense: "DPSGD", fit: FitFn):
         self.defense = defense
@@ -188,16 +172,12 @@ class _DPSGDFit:
 
     def __call__(self, task: ClientTask) -> ClientResult:
         previous: DPSGDState = task.state if task.state is not None else DPSGDState(())
-        recording = _Steps()
-        token = _RECORDING.set(recording)
-        try:
-            result = self.fit(replace(task, state=previous.inner))
-        finally:
-            _RECORDING.reset(token)
-        if not recording.segments:
+        result = self.fit(replace(task, state=previous.inner))
+        spent = result.training.privacy if result.training is not None else ()
+        if not spent:
             raise RuntimeError("the algorithm did not train through the client trainer, so dp_sgd could not protect it")
         ledger = PrivacyLedger(self.defense.params.accountant)
-        for segment in (*previous.history, *recording.segments):
+        for segment in (*previous.history, *spent):
             ledger.step(*segment)
         return replace(
             result,

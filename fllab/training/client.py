@@ -11,7 +11,7 @@ from torch import nn
 from ..models.flat import load_flat_
 from ..seeding import derive_seed
 from ..types import ClientResult, ClientTask, FitFn, ModelHandle
-from .local import sgd_train
+from .local import TrainReport, sgd_train
 
 
 def transform_mod(defense: Any, fit: FitFn) -> FitFn:
@@ -38,7 +38,7 @@ class ClientRunner:
         self._model: nn.Module | None = None
         self._device: str | None = None
         trainer = reduce(lambda t, d: d.wrap_trainer(t), [d for d in self.defenses if hasattr(d, "wrap_trainer")], sgd_train)
-        self._trainer: Callable[..., float] = trainer
+        self._trainer: Callable[..., TrainReport] = trainer
         fit: FitFn = self._honest_fit
         for d in self.defenses:
             if hasattr(d, "wrap_fit"):

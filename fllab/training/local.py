@@ -3,12 +3,28 @@ tensors, and one full-batch / mini-batch gradient for FedSGD."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..types import TensorData
+
+
+Segment = tuple[float, float, int]  # (noise_multiplier, sample_rate, steps) of one DP-SGD run
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    """What one local training run did: its mean loss over the steps, how many optimizer steps it
+    took, and the DP-SGD segments it spent (empty for non-private training).  A trainer returns
+    it and the algorithm hands it on in :attr:`fllab.types.ClientResult.training`, so an
+    accounting defense reads what ran from the result (no side channel)."""
+
+    loss: float
+    steps: int
+    privacy: tuple[Segment, ...] = ()
 
 
 def batch_order(n: int, batch_size: int, steps: int, gen: torch.Generator) -> list[torch.Tensor]:
@@ -39,8 +55,8 @@ def sgd_train(
     momentum: float,
     weight_decay: float,
     gen: torch.Generator,
-) -> float:
-    """Run ``steps`` SGD steps in place; return the mean training loss over the steps."""
+) -> TrainReport:
+    """Run ``steps`` SGD steps in place; report the mean training loss over the steps."""
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     total = torch.zeros((), device=data.x.device)
@@ -51,7 +67,7 @@ def sgd_train(
         loss.backward()
         opt.step()
         total += loss.detach()
-    return float(total) / steps
+    return TrainReport(float(total) / steps, steps)
 
 
 def batch_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
