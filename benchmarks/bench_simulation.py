@@ -46,9 +46,9 @@ def plain_round_time(rounds: int) -> tuple[float, float]:
     """The same federation written as a bare PyTorch loop (no fllab code on the hot path)."""
     engine = Engine(resolve(validate_schema(SCENARIO)))
     engine.prepare()  # reuse only the loaded data, the partition and the initial weights
-    clients = [(d.x, d.y) for d in engine.client_data]
-    model = engine.model_handle.build()
-    global_state = [p.detach().clone() for p in engine.server_model.parameters()]
+    clients = [(d.x, d.y) for d in engine.federation.client_data]
+    model = engine.federation.model_handle.build()
+    global_state = [p.detach().clone() for p in engine.federation.server_model.parameters()]
     gen = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()
     for _ in range(rounds):
@@ -75,9 +75,9 @@ def plain_round_time(rounds: int) -> tuple[float, float]:
             p.copy_(g)
         model.eval()
         acc = sum(
-            (model(engine.test.x[i : i + 1024]).argmax(1) == engine.test.y[i : i + 1024]).sum().item()
-            for i in range(0, len(engine.test), 1024)
-        ) / len(engine.test)
+            (model(engine.federation.test.x[i : i + 1024]).argmax(1) == engine.federation.test.y[i : i + 1024]).sum().item()
+            for i in range(0, len(engine.federation.test), 1024)
+        ) / len(engine.federation.test)
     return (time.perf_counter() - t0) / rounds, acc
 
 

@@ -4,7 +4,8 @@ suggestions and third-party plugins through the ``fllab.plugins`` entry-point gr
 A component is a class with a nested pydantic ``Params`` model (unknown keys forbidden) and a
 constructor taking an instance of it.  Optional class attributes describe it for ``fllab
 describe``: ``summary`` (one line), ``references`` (papers), ``threat_model`` (attacks),
-``needs`` / ``provides`` (capabilities, see :mod:`fllab.types`).
+``needs`` / ``provides`` (capabilities, see :mod:`fllab.types`).  Registering checks the class's
+hooks against its kind's protocols (:mod:`fllab.hooks`) and records them in ``cls.hooks``.
 
     from fllab.registry import ATTACKS
 
@@ -108,6 +109,9 @@ class Registry(Mapping[str, type]):
             params = getattr(obj, "Params", None)
             if params is None or not (isinstance(params, type) and issubclass(params, BaseModel)):
                 raise TypeError(f"{self.kind} {key!r} needs a nested pydantic `Params` model")
+            from .hooks import check_hooks
+
+            setattr(obj, "hooks", check_hooks(self.kind, key, obj))  # refuses hooks that do not fit
             setattr(obj, "registry_name", key)
             self._items[key] = obj
             return obj

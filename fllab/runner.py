@@ -43,7 +43,8 @@ from .io import append_jsonl, atomic_write_bytes, atomic_write_json, atomic_writ
 from .scenario.build import Setup, resolve
 from .scenario.loader import expand_sweep, validate_schema
 from .seeding import derive_seed
-from .training.engine import Engine, pick_device
+from .training.engine import Engine
+from .training.wiring import pick_device
 
 
 class Progress:

@@ -203,7 +203,6 @@ def test_canaries_are_planted_in_one_clients_data_half_at_random():
 
     from fllab.scenario.build import resolve
     from fllab.scenario.loader import validate_schema
-    from fllab.training.drivers import client_records
     from fllab.training.engine import Engine
 
     def planted(seed, kind="mislabeled"):
@@ -214,28 +213,28 @@ def test_canaries_are_planted_in_one_clients_data_half_at_random():
         return engine
 
     engine = planted(0)
-    driver = engine.drivers[0]
-    original = engine.bundle.train.subset(torch.as_tensor(engine.parts[0]))
+    driver = engine.federation.drivers[0]
+    original = engine.federation.bundle.train.subset(torch.as_tensor(engine.federation.parts[0]))
     inserted = int(driver.inserted.sum())
     assert 15 < inserted < 45  # Binomial(60, 1/2)
     # the client lost the 60 source records and gained exactly the inserted canaries, last
-    assert len(engine.client_data[0]) == len(original) - 60 + inserted
-    tail = engine.client_data[0].subset(torch.arange(len(engine.client_data[0]) - inserted, len(engine.client_data[0])))
+    assert len(engine.federation.client_data[0]) == len(original) - 60 + inserted
+    tail = engine.federation.client_data[0].subset(torch.arange(len(engine.federation.client_data[0]) - inserted, len(engine.federation.client_data[0])))
     assert torch.equal(tail.x, driver.canaries.x[driver.inserted]) and torch.equal(tail.y, driver.canaries.y[driver.inserted])
     # mislabeled canaries are the client's own inputs, each with a wrong label
     rows = {tuple(x.flatten().tolist()): int(y) for x, y in zip(original.x, original.y)}
     assert all(rows[tuple(x.flatten().tolist())] != int(y) for x, y in zip(driver.canaries.x, driver.canaries.y))
-    assert len(engine.client_data[1]) == len(engine.parts[1])  # the other client is untouched
+    assert len(engine.federation.client_data[1]) == len(engine.federation.parts[1])  # the other client is untouched
     # membership attacks in the same scenario draw their members from the client's own records only
-    assert torch.equal(client_records(engine, 0).x, engine.client_data[0].x[: len(original) - 60])
-    again = planted(0).drivers[0]
+    assert torch.equal(engine.federation.truth.records(0).x, engine.federation.client_data[0].x[: len(original) - 60])
+    again = planted(0).federation.drivers[0]
     assert torch.equal(again.inserted, driver.inserted) and torch.equal(again.canaries.y, driver.canaries.y)
-    assert not torch.equal(planted(1).drivers[0].inserted, driver.inserted)
+    assert not torch.equal(planted(1).federation.drivers[0].inserted, driver.inserted)
     # noise canaries are additions in [0, 1]: the client keeps every record of its own
     noisy = planted(0, "noise")
-    canaries = noisy.drivers[0].canaries
-    assert len(noisy.client_data[0]) == len(original) + int(noisy.drivers[0].inserted.sum())
-    assert torch.equal(noisy.client_data[0].x[: len(original)], original.x)
+    canaries = noisy.federation.drivers[0].canaries
+    assert len(noisy.federation.client_data[0]) == len(original) + int(noisy.federation.drivers[0].inserted.sum())
+    assert torch.equal(noisy.federation.client_data[0].x[: len(original)], original.x)
     assert canaries.x.shape == (60, *original.x.shape[1:]) and 0 <= canaries.x.min() and canaries.x.max() <= 1
 
 

@@ -8,7 +8,8 @@ import pytest
 
 from fllab.scenario.build import resolve
 from fllab.scenario.loader import validate_schema
-from fllab.training.engine import DetectionTally, Engine
+from fllab.training.engine import Engine
+from fllab.training.server import DetectionTally
 
 from conftest import TINY
 
@@ -50,20 +51,22 @@ def test_mudhog_detection_beats_chance_on_real_digits(attack):
     assert result.metrics[RECALL] >= 0.6
     # the verdicts are recorded per round, from the first round after the warm-up
     assert ["flagged" in r for r in result.rounds] == [False] * 3 + [True] * 9
-    assert set(result.rounds[-1]["flagged"]) <= set(engine.malicious)
-
-
-def attack_of(spec):
-    return resolve(validate_schema({**copy.deepcopy(TINY), "attacks": [spec]})).attacks[0]
+    assert set(result.rounds[-1]["flagged"]) <= set(engine.federation.truth.malicious)
 
 
 def test_truth_follows_when_each_malicious_client_acts():
-    engine = detection_engine(None)
+    data = copy.deepcopy(TINY)
+    data["federation"].update(num_clients=20)
+    data["attacks"] = [{"name": "sign_flip", "start_round": 2, "fraction": 0.1}, {"name": "label_flip", "start_round": 2, "fraction": 0.1}]
+    engine = Engine(resolve(validate_schema(data)))
     engine.prepare()
-    engine.malicious = {3: attack_of({"name": "sign_flip", "start_round": 2}), 4: attack_of({"name": "label_flip", "start_round": 2})}
-    assert [engine.acting(r, 3) for r in range(4)] == [False, False, True, True]  # crafts from start_round on
-    assert [engine.acting(r, 4) for r in range(4)] == [True] * 4  # its data is poisoned from the start
-    assert not engine.acting(0, 5)
+    crafting, poisoning = (d.clients for d in engine.federation.poisoners)
+    assert len(crafting) == len(poisoning) == 2 and not set(crafting) & set(poisoning)
+    acting = engine.federation.acting
+    assert [acting(r, crafting[0]) for r in range(4)] == [False, False, True, True]  # crafts from start_round on
+    assert [acting(r, poisoning[0]) for r in range(4)] == [True] * 4  # its data is poisoned from the start
+    honest = next(c for c in range(20) if c not in engine.federation.truth.malicious)
+    assert not any(acting(r, honest) for r in range(4))
 
 
 def test_a_run_without_a_detector_reports_no_detection_metrics():

@@ -50,18 +50,18 @@ def test_fedsgd_server_step_is_minus_lr_times_mean_gradient(tiny):
     tiny["federation"]["rounds"] = 1
     engine = Engine(resolve(validate_schema(tiny)))
     engine.prepare()
-    start = engine.global_params.clone()
-    model = engine.model_handle.build()
+    start = engine.server.global_params.clone()
+    model = engine.federation.model_handle.build()
     load_flat_(model, start)
     grads, sizes = [], []
-    for data in engine.client_data:
+    for data in engine.federation.client_data:
         loss = torch.nn.functional.cross_entropy(model(data.x), data.y)
         grads.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(model.parameters()))]))
         sizes.append(len(data))
     w = torch.tensor(sizes, dtype=torch.float32)
     expected = start - 0.5 * (w / w.sum()) @ torch.stack(grads)
     engine.run()
-    torch.testing.assert_close(engine.global_params, expected, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(engine.server.global_params, expected, rtol=1e-4, atol=1e-6)
 
 
 def test_fedavg_learns_on_real_digits(tmp_path, tiny):
@@ -93,6 +93,9 @@ def test_capability_mismatch_is_refused_before_training(tiny):
 
         def __init__(self, params):
             self.params = params
+
+        def craft_uploads(self, obs):
+            return obs.own_updates
 
     try:
         tiny["attacks"] = [{"name": "_needs_ranking_probe"}]

@@ -181,8 +181,8 @@ def test_engine_keeps_state_between_rounds_and_uploads_only_the_hypernetwork(tin
     data = tiny_hyperfl(tiny)
     engine = Engine(resolve(validate_schema(data)))
     engine.prepare()
-    net = engine.server_model
-    assert engine.global_params.numel() == sum(p.numel() for p in net.hypernetwork.parameters())
+    net = engine.federation.server_model
+    assert engine.server.global_params.numel() == sum(p.numel() for p in net.hypernetwork.parameters())
     seen: list[tuple[int, int, object, object, int]] = []
     original = engine.setup.algorithm.client_update
 
@@ -193,22 +193,22 @@ def test_engine_keeps_state_between_rounds_and_uploads_only_the_hypernetwork(tin
 
     engine.setup.algorithm.client_update = recording
     engine.run()
-    assert {n for *_, n in seen} == {engine.global_params.numel()}
+    assert {n for *_, n in seen} == {engine.server.global_params.numel()}
     ends = {cid: out for rnd, cid, _, out, _ in seen if rnd == 0}
     for rnd, cid, given, _, _ in seen:
         if rnd == 0:
             assert given is None
         else:
             assert given is ends[cid]  # round 1 starts from what round 0 left
-    assert set(engine.client_states) == set(range(4))
+    assert set(engine.server.client_states) == set(range(4))
 
 
 def test_unsampled_clients_are_evaluated_from_their_initial_state_and_runs_repeat(tmp_path, tiny):
     data = tiny_hyperfl(tiny)
     data["federation"].update(rounds=1, clients_per_round=2)
     engine = run_engine(copy.deepcopy(data))
-    assert len(engine.client_states) == 2
-    net = engine.model_handle.build()
+    assert len(engine.server.client_states) == 2
+    net = engine.federation.model_handle.build()
     a, b = unsampled_state(net, 0), unsampled_state(net, 0)
     assert torch.equal(a.embedding, b.embedding)
     _, s1 = fllab.run(copy.deepcopy(data), tmp_path / "a")
@@ -220,16 +220,16 @@ def test_unsampled_clients_are_evaluated_from_their_initial_state_and_runs_repea
 
 def test_evaluation_is_each_clients_own_model_on_its_share(tiny):
     engine = run_engine(tiny_hyperfl(tiny))
-    ctx_model = engine.model_handle.build()
-    load_flat_(ctx_model, engine.global_params)
-    counts = torch.stack([torch.bincount(d.y, minlength=10) for d in engine.client_data])
+    ctx_model = engine.federation.model_handle.build()
+    load_flat_(ctx_model, engine.server.global_params)
+    counts = torch.stack([torch.bincount(d.y, minlength=10) for d in engine.federation.client_data])
     correct = total = 0
-    for cid, idx in enumerate(label_proportional_split(counts, engine.test.y)):
+    for cid, idx in enumerate(label_proportional_split(counts, engine.federation.test.y)):
         with torch.no_grad():
-            pred = ctx_model.personalised(engine.test.x[idx], engine.client_states[cid]).argmax(1)
-        correct += int((pred == engine.test.y[idx]).sum())
+            pred = ctx_model.personalised(engine.federation.test.x[idx], engine.server.client_states[cid]).argmax(1)
+        correct += int((pred == engine.federation.test.y[idx]).sum())
         total += len(idx)
-    assert engine.evaluate()["accuracy"] == pytest.approx(correct / total)
+    assert engine.server.evaluate()["accuracy"] == pytest.approx(correct / total)
 
 
 def test_inversion_attacks_that_need_gradients_refuse_hyperfl(tiny):
@@ -261,10 +261,10 @@ def test_learns_fashion_mnist_well_above_chance_and_the_label_prior():
     and hypernetwork.  With label-skewed test shares, always answering a client's most common
     training label already scores ~43%; the personalised models must beat that by far."""
     engine = run_engine(copy.deepcopy(FMNIST))
-    accuracy = engine.evaluate()["accuracy"]
-    counts = torch.stack([torch.bincount(d.y, minlength=10) for d in engine.client_data])
-    shares = label_proportional_split(counts, engine.test.y)
-    majority = sum(int((engine.test.y[s] == counts[c].argmax()).sum()) for c, s in enumerate(shares)) / sum(
+    accuracy = engine.server.evaluate()["accuracy"]
+    counts = torch.stack([torch.bincount(d.y, minlength=10) for d in engine.federation.client_data])
+    shares = label_proportional_split(counts, engine.federation.test.y)
+    majority = sum(int((engine.federation.test.y[s] == counts[c].argmax()).sum()) for c, s in enumerate(shares)) / sum(
         len(s) for s in shares
     )
     assert accuracy > max(0.6, majority + 0.15), (accuracy, majority)

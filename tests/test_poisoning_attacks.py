@@ -61,17 +61,17 @@ def test_alie_sends_mean_minus_z_std_of_what_its_knowledge_allows():
     expected = benign.mean(0) - z * benign.std(0)
     omni = ATTACKS.build({"name": "alie", "knowledge": "omniscient"})
     assert omni.knowledge == "omniscient"
-    torch.testing.assert_close(omni.craft(observation(benign, own)), expected.expand(10, -1))
+    torch.testing.assert_close(omni.craft_uploads(observation(benign, own)), expected.expand(10, -1))
     own_only = ATTACKS.build({"name": "alie"})
     assert own_only.knowledge == "own"
-    crafted = own_only.craft(observation(benign, own, omniscient=False))
+    crafted = own_only.craft_uploads(observation(benign, own, omniscient=False))
     torch.testing.assert_close(crafted, (own.mean(0) - z * own.std(0)).expand(10, -1))
 
 
 def test_a_single_malicious_client_with_own_knowledge_sends_its_honest_update():
     benign, own = updates(6, 4, 0), updates(1, 4, 1)
     for name in ("alie", "min_max", "min_sum"):
-        crafted = ATTACKS.build({"name": name, "knowledge": "own"}).craft(observation(benign, own, omniscient=False))
+        crafted = ATTACKS.build({"name": name, "knowledge": "own"}).craft_uploads(observation(benign, own, omniscient=False))
         torch.testing.assert_close(crafted, own, msg=name)
 
 
@@ -79,9 +79,9 @@ def test_a_single_malicious_client_with_own_knowledge_sends_its_honest_update():
 def test_ipm_is_minus_epsilon_times_the_benign_mean():
     benign = torch.tensor([[1.0, 2.0, -3.0], [3.0, 0.0, 1.0]])
     own = torch.tensor([[10.0, 10.0, 10.0], [0.0, 0.0, 0.0], [5.0, 5.0, 5.0]])
-    crafted = ATTACKS.build({"name": "ipm", "epsilon": 0.5}).craft(observation(benign, own))
+    crafted = ATTACKS.build({"name": "ipm", "epsilon": 0.5}).craft_uploads(observation(benign, own))
     torch.testing.assert_close(crafted, torch.tensor([[-1.0, -0.5, 0.5]] * 3))
-    crafted = ATTACKS.build({"name": "ipm", "epsilon": 2.0, "knowledge": "own"}).craft(observation(benign, own, omniscient=False))
+    crafted = ATTACKS.build({"name": "ipm", "epsilon": 2.0, "knowledge": "own"}).craft_uploads(observation(benign, own, omniscient=False))
     torch.testing.assert_close(crafted, torch.tensor([[-10.0, -10.0, -10.0]] * 3))
 
 
@@ -89,16 +89,16 @@ def test_omniscient_attacks_refuse_to_run_without_benign_updates():
     benign, own = updates(6, 4, 0), updates(2, 4, 1)
     for spec in ("ipm", "min_max", "fang_krum", "fang_trimmed_mean", "defense_aware_scaling"):
         with pytest.raises(ValueError, match="benign updates"):
-            ATTACKS.build(spec).craft(observation(benign, own, omniscient=False))
+            ATTACKS.build(spec).craft_uploads(observation(benign, own, omniscient=False))
 
 
 def test_a_round_without_benign_clients():
     """Statistics attacks estimate from their own updates; aggregator-tailored ones send them honestly."""
     own = updates(3, 4, 1)
     obs = observation(own[:0], own)
-    torch.testing.assert_close(ATTACKS.build("ipm").craft(obs), kernels.ipm(own, 0.1).expand(3, -1))
+    torch.testing.assert_close(ATTACKS.build("ipm").craft_uploads(obs), kernels.ipm(own, 0.1).expand(3, -1))
     for name in ("fang_krum", "fang_trimmed_mean", "defense_aware_scaling"):
-        assert torch.equal(ATTACKS.build(name).craft(obs), own), name
+        assert torch.equal(ATTACKS.build(name).craft_uploads(obs), own), name
 
 
 MODEL_POISONING = ["alie", "ipm", "min_max", "min_sum", "fang_krum", "fang_trimmed_mean", "defense_aware_scaling"]
@@ -165,7 +165,7 @@ def test_min_sum_gamma_meets_its_constraint_and_is_maximal(kind):
 
 def test_min_max_attack_replicates_the_crafted_update_from_the_benign_updates():
     benign, own = updates(8, 5, 3), updates(3, 5, 9, shift=4.0)
-    crafted = ATTACKS.build({"name": "min_max", "perturbation": "std"}).craft(observation(benign, own))
+    crafted = ATTACKS.build({"name": "min_max", "perturbation": "std"}).craft_uploads(observation(benign, own))
     mu, p = benign.mean(0), benign.std(0)
     expected = mu - kernels.min_max_gamma(benign, mu, p) * p
     torch.testing.assert_close(crafted, expected.expand(3, -1))
@@ -200,7 +200,7 @@ def test_fang_krum_update_is_selected_by_krum_and_points_against_the_benign_mean
     benign = updates(12, 30, 5, dtype=torch.float32)
     own = updates(c, 30, 6, dtype=torch.float32)
     krum = AGGREGATORS.build({"name": "krum", "f": c})
-    crafted = ATTACKS.build("fang_krum").craft(observation(benign, own, krum))
+    crafted = ATTACKS.build("fang_krum").craft_uploads(observation(benign, own, krum))
     assert torch.equal(crafted, crafted[:1].expand(c, -1))
     chosen = krum(torch.cat([crafted, benign]))
     assert torch.equal(chosen, crafted[0])
@@ -220,17 +220,17 @@ def test_fang_trimmed_mean_draws_just_beyond_the_benign_extremes():
     # s = sign(mean) = (+, -, +, -); w_min = (1, -4, -1, -3); w_max = (3, -1, 4, 1)
     lo = torch.tensor([0.5, -1.0, -2.0, 1.0])   # s>0: [w_min/b, w_min] or [b w_min, w_min]; s<0: [w_max, ...]
     hi = torch.tensor([1.0, -0.5, -1.0, 2.0])   # s<0: [w_max, b w_max] (w_max>0) or [w_max, w_max/b]
-    crafted = ATTACKS.build("fang_trimmed_mean").craft(observation(benign, torch.zeros(500, 4), seed=3))
+    crafted = ATTACKS.build("fang_trimmed_mean").craft_uploads(observation(benign, torch.zeros(500, 4), seed=3))
     assert bool(((crafted >= lo) & (crafted <= hi)).all())
     assert torch.allclose(crafted.min(0).values, lo, atol=0.02) and torch.allclose(crafted.max(0).values, hi, atol=0.02)
-    again = ATTACKS.build("fang_trimmed_mean").craft(observation(benign, torch.zeros(500, 4), seed=3))
+    again = ATTACKS.build("fang_trimmed_mean").craft_uploads(observation(benign, torch.zeros(500, 4), seed=3))
     assert torch.equal(crafted, again)  # drawn from obs.seed only
 
 
 def shift_of(spec, aggregator_spec, benign, own):
     """||AGR(crafted + benign) - benign mean|| for one attack."""
     agg = AGGREGATORS.build(aggregator_spec)
-    crafted = ATTACKS.build(spec).craft(observation(benign, own, AGGREGATORS.build(aggregator_spec)))
+    crafted = ATTACKS.build(spec).craft_uploads(observation(benign, own, AGGREGATORS.build(aggregator_spec)))
     return float(torch.linalg.vector_norm(agg(torch.cat([crafted, benign])) - benign.mean(0)))
 
 
@@ -323,8 +323,8 @@ def test_backdoor_success_rate_counts_only_non_target_inputs():
 def test_boost_scales_the_honest_update_and_auto_is_n_over_m():
     own = updates(2, 5, 0)
     obs = observation(updates(6, 5, 1), own, omniscient=False)
-    torch.testing.assert_close(ATTACKS.build({"name": "pixel_backdoor", "boost": 3.0}).craft(obs), 3.0 * own)
-    torch.testing.assert_close(ATTACKS.build({"name": "dba", "boost": "auto"}).craft(obs), 4.0 * own)
+    torch.testing.assert_close(ATTACKS.build({"name": "pixel_backdoor", "boost": 3.0}).craft_uploads(obs), 3.0 * own)
+    torch.testing.assert_close(ATTACKS.build({"name": "dba", "boost": "auto"}).craft_uploads(obs), 4.0 * own)
     assert ATTACKS.build({"name": "dba", "boost": 2.0}).needs == frozenset({"gradient", "delta"})
     assert "ranking" in ATTACKS.build("dba").needs
 
@@ -369,7 +369,7 @@ def test_backdoor_succeeds_without_defense_and_keeps_clean_accuracy(tmp_path, at
     assert metrics["utility.accuracy"] > 0.65
     # the same trigger on a model trained without attack: the baseline the attack must beat
     engine, _ = final_model(backdoor_scenario(None, **federation))
-    clean = ATTACKS.build(attack).evaluate(engine.server_model, engine.test)[METRIC]
+    clean = ATTACKS.build(attack).score_final_model(engine.federation.server_model, engine.federation.test)[METRIC]
     assert clean < 0.3 and metrics[METRIC] > clean + 0.5
 
 
@@ -467,8 +467,8 @@ def test_default_triggers_backdoor_fashion_mnist(tmp_path, attack):
     except ConfigError as err:
         pytest.skip(str(err))
     engine, _ = final_model(copy.deepcopy(FMNIST))
-    clean_accuracy = engine.evaluate()["accuracy"]
-    clean_rate = ATTACKS.build(attack).evaluate(engine.server_model, engine.test)[METRIC]
+    clean_accuracy = engine.server.evaluate()["accuracy"]
+    clean_rate = ATTACKS.build(attack).score_final_model(engine.federation.server_model, engine.federation.test)[METRIC]
     _, summary = fllab.run({**copy.deepcopy(FMNIST), "attacks": [attack]}, tmp_path / "run")
     assert clean_rate < 0.2
     assert summary["metrics"][METRIC] > 0.9

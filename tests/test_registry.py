@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fllab.errors import ConfigError
-from fllab.registry import AGGREGATORS, ALL_REGISTRIES, Params, Registry
+from fllab.registry import AGGREGATORS, ALL_REGISTRIES, ATTACKS, Params, Registry
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,6 +32,38 @@ def test_duplicate_registration_is_refused():
 def test_component_without_params_is_refused():
     with pytest.raises(TypeError, match="Params"):
         Registry("thing").register("x")(type("X", (), {}))
+
+
+def test_hooks_are_checked_when_a_component_registers():
+    """An attack whose family has no driver, a hook with the wrong arguments, a missing required
+    hook: each is refused at registration, naming the component; what passes records its hooks."""
+    from fllab.hooks import has_hook
+
+    def attack(family, **methods):
+        return type("A", (), {"family": family, "Params": Params, **methods})
+
+    reg = Registry("attack")
+    with pytest.raises(ValueError, match="attack 'a' has family 'sabotage', which no driver runs"):
+        reg.register("a")(attack("sabotage", craft_uploads=lambda self, obs: obs))
+    with pytest.raises(ValueError, match="'b': hook craft_uploads must accept craft_uploads"):
+        reg.register("b")(attack("poisoning", craft_uploads=lambda self: None))
+    with pytest.raises(ValueError, match="'c' lacks the hook.s. poison_data or craft_uploads; rename craft to craft_uploads"):
+        reg.register("c")(attack("poisoning", craft=lambda self, obs: obs))
+    with pytest.raises(ValueError, match="'d' lacks the hook.s. score_canaries"):
+        reg.register("d")(attack("audit", craft_canaries=lambda self, data, num_classes, gen: None))
+    ok = reg.register("e")(attack("inversion", reconstruct=lambda self, obs, num_images, labels, seed: None))
+    assert ok.hooks == {"reconstruct"} and has_hook(ok(), "reconstruct") and not has_hook(ok(), "reconstruct_many")
+    defenses = Registry("defense")
+    with pytest.raises(ValueError, match="defense 'none' lacks the hook.s. transform or wrap_fit"):
+        defenses.register("none")(type("D", (), {"Params": Params}))
+
+
+def test_every_attack_family_has_a_driver():
+    from fllab.hooks import FAMILY_HOOKS
+    from fllab.training.drivers import DRIVERS
+
+    assert set(FAMILY_HOOKS) == set(DRIVERS)
+    assert {ATTACKS[name].family for name in ATTACKS} <= set(DRIVERS)
 
 
 def test_unknown_name_suggests_the_closest():

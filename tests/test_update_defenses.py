@@ -339,9 +339,9 @@ def one_fedsgd_round(tiny: dict, defense: dict) -> tuple[torch.Tensor, torch.Ten
     sc["federation"]["rounds"] = 1
     engine = Engine(resolve(validate_schema(sc)))
     engine.prepare()
-    start = engine.global_params.clone()
+    start = engine.server.global_params.clone()
     engine.run()
-    return start, engine.global_params
+    return start, engine.server.global_params
 
 
 def test_server_aggregates_what_the_defense_sends(tiny):
@@ -369,18 +369,18 @@ def test_engine_applies_the_defense_to_each_client_gradient(tiny, spec, kernel):
     sc["federation"]["rounds"] = 1
     engine = Engine(resolve(validate_schema(sc)))
     engine.prepare()
-    start = engine.global_params.clone()
-    model = engine.model_handle.build()
+    start = engine.server.global_params.clone()
+    model = engine.federation.model_handle.build()
     load_flat_(model, start)
     step = torch.zeros_like(start)
-    for cid, data in enumerate(engine.client_data):
+    for cid, data in enumerate(engine.federation.client_data):
         loss = torch.nn.functional.cross_entropy(model(data.x), data.y)
         grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(model.parameters()))])
-        seed = derive_seed(derive_seed(engine.root, "client", cid, 0), "defense", spec["name"])
+        seed = derive_seed(derive_seed(engine.federation.root, "client", cid, 0), "defense", spec["name"])
         step += len(data) * kernel(grad, torch.Generator().manual_seed(seed))
     engine.run()
-    sizes = sum(len(d) for d in engine.client_data)
-    torch.testing.assert_close(engine.global_params, start - step / sizes, rtol=1e-4, atol=1e-6)
+    sizes = sum(len(d) for d in engine.federation.client_data)
+    torch.testing.assert_close(engine.server.global_params, start - step / sizes, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.slow

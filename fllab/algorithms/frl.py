@@ -110,7 +110,12 @@ class FRL:
 
     def __init__(self, params: FRLParams):
         self.params = params
-        self.aggregate = RankVote(params.k)  # replaces the scenario's aggregator (engine bundle hook)
+        self.vote = RankVote(params.k)
+
+    @property
+    def aggregate(self) -> RankVote:
+        """The vote on rank positions: replaces the scenario's aggregator (the ``aggregate`` hook)."""
+        return self.vote
 
     # ---------------------------------------------------------------------------- network
     def wrap_model(self, build: Callable[[], nn.Module]) -> SupermaskBuilder:
@@ -123,7 +128,7 @@ class FRL:
                 raise ConfigError(str(err), "task.model") from None
         if max(sizes) > MAX_LAYER:
             raise ConfigError(f"frl ranks at most {MAX_LAYER} edges per layer; the model has a layer of {max(sizes)}", "task.model")
-        self.aggregate.sizes = sizes
+        self.vote.sizes = sizes
         return builder
 
     # ---------------------------------------------------------------------------- client
@@ -172,4 +177,4 @@ class FRL:
     # ---------------------------------------------------------------------------- server
     def server_step(self, global_params: torch.Tensor, aggregate: torch.Tensor) -> torch.Tensor:
         """Global scores from the voted ranking: the layer's sorted score values in vote order."""
-        return assign_by_rank(global_params, aggregate, self.aggregate.sizes)
+        return assign_by_rank(global_params, aggregate, self.vote.sizes)

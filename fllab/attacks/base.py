@@ -6,8 +6,9 @@ attacks, when), and family-specific hooks:
 
 * poisoning -- malicious clients.  Optional ``poison_data(data, gen) -> TensorData`` (data
   poisoning, applied once to each malicious client's local data), optional
-  ``craft(obs: PoisonObservation) -> Tensor (m, d)`` (model poisoning: replaces the malicious
-  clients' uploads), optional ``evaluate(model, test) -> dict`` (e.g. backdoor success rate).
+  ``craft_uploads(obs: PoisonObservation) -> Tensor (m, d)`` (model poisoning: replaces the
+  malicious clients' uploads), optional ``score_final_model(model, test) -> dict`` (e.g. backdoor
+  success rate).  :mod:`fllab.hooks` lists every family's hooks, checked at registration.
 * inversion -- curious server.  ``reconstruct(obs: UpdateObservation, ...)`` on chosen uploads;
   the attacks that search the images with Inverting Gradients' optimiser share
   :class:`AdamInversionParams`.

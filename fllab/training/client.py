@@ -8,6 +8,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from ..hooks import has_hook
 from ..models.flat import load_flat_
 from ..seeding import derive_seed
 from ..types import ClientResult, ClientTask, FitFn, ModelHandle
@@ -37,13 +38,13 @@ class ClientRunner:
         self.defenses = tuple(defenses)
         self._model: nn.Module | None = None
         self._device: str | None = None
-        trainer = reduce(lambda t, d: d.wrap_trainer(t), [d for d in self.defenses if hasattr(d, "wrap_trainer")], sgd_train)
+        trainer = reduce(lambda t, d: d.wrap_trainer(t), [d for d in self.defenses if has_hook(d, "wrap_trainer")], sgd_train)
         self._trainer: Callable[..., TrainReport] = trainer
         fit: FitFn = self._honest_fit
         for d in self.defenses:
-            if hasattr(d, "wrap_fit"):
+            if has_hook(d, "wrap_fit"):
                 fit = d.wrap_fit(fit)
-            elif hasattr(d, "transform"):
+            elif has_hook(d, "transform"):
                 fit = transform_mod(d, fit)
         self._fit = fit
 

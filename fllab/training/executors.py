@@ -1,13 +1,15 @@
 """The executor seam (DESIGN.md principle 8): client work is a pure function of a ``ClientTask``
 (client id, round, global weights, data, derived seed), so any executor that maps it over the
-round's tasks gives the same results.  ``serial`` ships; a vectorized or Ray executor registers
-under the same interface (``map(fit, tasks) -> results`` in task order, ``close()``)."""
+round's tasks gives the same results.  The protocol (:mod:`fllab.hooks`): ``start(fit, clients)``
+once before round 0 (the fit function and every client's data), ``map(tasks) -> results`` in
+task order each round, ``close()`` after the last (also on failure); optional ``check(setup)``
+refuses, before anything runs, a scenario the executor cannot run."""
 from __future__ import annotations
 
 from typing import Sequence
 
 from ..registry import EXECUTORS, NoParams
-from ..types import ClientResult, ClientTask, FitFn
+from ..types import ClientResult, ClientTask, FitFn, TensorData
 
 
 @EXECUTORS.register("serial")
@@ -19,9 +21,13 @@ class SerialExecutor:
 
     def __init__(self, params: NoParams):
         self.params = params
+        self.fit: FitFn | None = None
 
-    def map(self, fit: FitFn, tasks: Sequence[ClientTask]) -> list[ClientResult]:
-        return [fit(task) for task in tasks]
+    def start(self, fit: FitFn, clients: Sequence[TensorData]) -> None:
+        self.fit = fit
+
+    def map(self, tasks: Sequence[ClientTask]) -> list[ClientResult]:
+        return [self.fit(task) for task in tasks]
 
     def close(self) -> None:
         """Nothing to release."""

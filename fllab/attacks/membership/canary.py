@@ -79,7 +79,7 @@ class CanaryAudit:
     def __init__(self, params: CanaryAuditParams):
         self.params = params
 
-    def craft(self, data: TensorData, num_classes: int, gen: torch.Generator) -> tuple[TensorData, Tensor]:
+    def craft_canaries(self, data: TensorData, num_classes: int, gen: torch.Generator) -> tuple[TensorData, Tensor]:
         """``canaries`` canaries for a client holding ``data`` (on the CPU), and the indices of the
         records of ``data`` they consume (which must leave the client's data): ``mislabeled`` takes
         a random choice of the client's records and relabels them; ``noise`` consumes none."""
@@ -93,6 +93,6 @@ class CanaryAudit:
         x = torch.rand((m, *data.x.shape[1:]), generator=gen, dtype=data.x.dtype)
         return TensorData(x, torch.randint(0, num_classes, (m,), generator=gen)), torch.zeros(0, dtype=torch.long)
 
-    def score(self, obs: ModelObservation, canaries: TensorData) -> Tensor:
+    def score_canaries(self, obs: ModelObservation, canaries: TensorData) -> Tensor:
         """Negated loss of the final model on each canary (higher = more likely inserted)."""
         return target_loss_scores(obs, canaries)

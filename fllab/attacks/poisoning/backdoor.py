@@ -3,7 +3,7 @@
 
 Each malicious client stamps a trigger on a fraction of its local images and relabels them to
 the target class, then trains honestly on that data; optionally it boosts (scales) its update so
-that it survives averaging.  The attack's ``evaluate`` hook scores the final model with the
+that it survives averaging.  The attack's ``score_final_model`` hook scores the final model with the
 *full* trigger: ``poisoning.backdoor_success_rate`` is the fraction of triggered test images
 whose true label is not the target that the model classifies as the target.
 
@@ -98,8 +98,8 @@ class BackdoorParams(PoisoningParams):
 
 
 class Backdoor(ABC):
-    """Shared body: ``poison_data`` stamps the next malicious client's trigger, ``craft`` boosts,
-    ``evaluate`` stamps the full trigger on the test set."""
+    """Shared body: ``poison_data`` stamps the next malicious client's trigger, ``craft_uploads`` boosts,
+    ``score_final_model`` stamps the full trigger on the test set."""
 
     family = "poisoning"
     knowledge = "own"
@@ -125,11 +125,11 @@ class Backdoor(ABC):
             raise ConfigError(f"target {p.target} is not a class of this task; allowed 0..{num_classes - 1}")
         return poison_fraction(data, self.next_client_mask(image_hw(data)), p.value, p.target, p.poison_fraction, gen)
 
-    def craft(self, obs: PoisonObservation) -> torch.Tensor:
+    def craft_uploads(self, obs: PoisonObservation) -> torch.Tensor:
         boost = obs.num_clients / obs.num_malicious if self.params.boost == "auto" else self.params.boost
         return boost * obs.own_updates
 
-    def evaluate(self, model: nn.Module, test: TensorData) -> dict[str, float]:
+    def score_final_model(self, model: nn.Module, test: TensorData) -> dict[str, float]:
         p = self.params
         return {METRIC: backdoor_success_rate(model, test, self.full_mask(image_hw(test)), p.value, p.target)}
 

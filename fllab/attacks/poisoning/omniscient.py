@@ -43,7 +43,7 @@ class OmniscientAttack(ABC):
     def benign(self, obs: PoisonObservation) -> torch.Tensor:
         return benign_of(obs, self.registered)
 
-    def craft(self, obs: PoisonObservation) -> torch.Tensor:
+    def craft_uploads(self, obs: PoisonObservation) -> torch.Tensor:
         benign = self.benign(obs)
         if benign.shape[0] == 0:
             return obs.own_updates.clone()

@@ -69,7 +69,7 @@ class SignFlip:
     def __init__(self, params: SignFlipParams):
         self.params = params
 
-    def craft(self, obs: PoisonObservation) -> torch.Tensor:
+    def craft_uploads(self, obs: PoisonObservation) -> torch.Tensor:
         return -self.params.scale * obs.own_updates
 
 
@@ -92,7 +92,7 @@ class GaussianNoise:
     def __init__(self, params: NoiseParams):
         self.params = params
 
-    def craft(self, obs: PoisonObservation) -> torch.Tensor:
+    def craft_uploads(self, obs: PoisonObservation) -> torch.Tensor:
         gen = torch.Generator().manual_seed(obs.seed)
         noise = torch.randn(obs.own_updates.shape, generator=gen, dtype=obs.own_updates.dtype)
         return (self.params.mean + self.params.std * noise).to(obs.own_updates.device)

@@ -86,7 +86,7 @@ class ALIE(StatisticalAttack):
     def z(self, obs: PoisonObservation) -> float:
         return self.params.z if self.params.z is not None else kernels.alie_z(obs.num_clients, obs.num_malicious)
 
-    def craft(self, obs: PoisonObservation) -> torch.Tensor:
+    def craft_uploads(self, obs: PoisonObservation) -> torch.Tensor:
         return replicate(kernels.alie(self.reference(obs), self.z(obs)), obs.num_malicious)
 
 
@@ -105,7 +105,7 @@ class IPM(StatisticalAttack):
     references = ("Xie, Koyejo and Gupta, Fall of Empires: Breaking Byzantine-tolerant SGD by Inner Product Manipulation, UAI 2020",)
     Params = IPMParams
 
-    def craft(self, obs: PoisonObservation) -> torch.Tensor:
+    def craft_uploads(self, obs: PoisonObservation) -> torch.Tensor:
         return replicate(kernels.ipm(self.reference(obs), self.params.epsilon), obs.num_malicious)
 
 
@@ -135,7 +135,7 @@ class GammaSearchAttack(StatisticalAttack):
 
     search: Callable[..., float]
 
-    def craft(self, obs: PoisonObservation) -> torch.Tensor:
+    def craft_uploads(self, obs: PoisonObservation) -> torch.Tensor:
         ref = self.reference(obs)
         mu = ref.mean(dim=0)
         p = kernels.perturbation(ref, mu, self.params.perturbation)

@@ -56,7 +56,7 @@ class RankReversal:
     def __init__(self, params: RankReversalParams):
         self.params = params
 
-    def craft(self, obs: PoisonObservation) -> torch.Tensor:
+    def craft_uploads(self, obs: PoisonObservation) -> torch.Tensor:
         own = obs.own_updates
         if self.params.aligned:
             return reversed_vote(own).to(own.dtype).expand_as(own).clone()
@@ -87,7 +87,7 @@ class RankAdaptive:
     def __init__(self, params: PoisoningParams):
         self.params = params
 
-    def craft(self, obs: PoisonObservation) -> torch.Tensor:
+    def craft_uploads(self, obs: PoisonObservation) -> torch.Tensor:
         sizes = getattr(obs.aggregator, "sizes", None)
         if obs.benign_updates is None or sizes is None:
             raise ValueError(

@@ -65,6 +65,7 @@ class MudHog(Rule):
         "Ester, Kriegel, Sander and Xu, A Density-Based Algorithm for Discovering Clusters in Large Spatial Databases with Noise, KDD 1996",
     )
     Params = MudHogParams
+    last_flagged: tuple[int, ...] | None = None  # the detector hook (fllab.hooks.Detector)
 
     def __init__(self, params: MudHogParams):
         super().__init__(params)

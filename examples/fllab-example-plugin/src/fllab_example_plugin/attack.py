@@ -33,7 +33,7 @@ class RandomDirection:
     def __init__(self, params: RandomDirectionParams):
         self.params = params
 
-    def craft(self, obs: PoisonObservation) -> torch.Tensor:
+    def craft_uploads(self, obs: PoisonObservation) -> torch.Tensor:
         gen = torch.Generator().manual_seed(obs.seed)
         direction = torch.randn(obs.own_updates.shape, generator=gen)
         direction = direction / direction.norm(dim=1, keepdim=True)

@@ -1,0 +1,88 @@
+"""The inversion driver: the curious server reconstructs honest clients' uploads."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+
+from ...hooks import has_hook
+from ...seeding import derive_seed, numpy_gen
+from ...types import TensorData
+from .base import AttackOutcome, DriverContext, FinalState, RoundView, Truth
+
+
+class InversionDriver:
+    """At ``params.round``, reconstruct the uploads of ``params.targets`` honest sampled clients
+    (chosen by a seeded draw; an upload that holds a malicious client's update is never a target)
+    and score them: PSNR, SSIM, LPIPS, label accuracy after optimal matching
+    (:func:`fllab.metrics.image.score_reconstructions`)."""
+
+    def __init__(self, attack: Any, truth: Truth, ctx: DriverContext):
+        self.attack, self.truth, self.ctx = attack, truth, ctx
+        self.outcome: AttackOutcome | None = None
+
+    def on_round(self, view: RoundView) -> None:
+        p, truth, ctx = self.attack.params, self.truth, self.ctx
+        if view.round != p.round:
+            return
+        honest = [u for u in view.uploads if all(view.sampled[m] not in truth.malicious for m in u.members)]
+        order = numpy_gen(ctx.root, "attack", self.attack.registry_name, "targets").permutation(len(honest))
+        picks = [honest[i] for i in order[: p.targets]]
+        if not picks:
+            return
+        observations, truths, seeds = [], [], []
+        for upload in picks:
+            ids = [view.sampled[m] for m in upload.members]
+            parts = []
+            for m in upload.members:
+                data = truth.client_data[view.sampled[m]]
+                parts.append(data.subset(view.results[m].extras["used_index"].to(data.x.device)))
+            truths.append(TensorData(torch.cat([t.x for t in parts]), torch.cat([t.y for t in parts])))
+            observations.append(ctx.observe(view.round, ids[0], view.global_params, upload.update, upload.num_examples))
+            seeds.append(derive_seed(ctx.root, "attack", self.attack.registry_name, *ids))
+        num_images = len(truths[0])
+        if any(len(t) != num_images for t in truths):
+            raise RuntimeError("inversion targets used different numbers of examples; give the clients equal data")
+        labels = [t.y for t in truths] if p.labels == "known" else None
+        if has_hook(self.attack, "reconstruct_many"):
+            recs = self.attack.reconstruct_many(observations, num_images, labels, seeds)
+        else:
+            recs = [self.attack.reconstruct(o, num_images, None if labels is None else labels[i], s)
+                    for i, (o, s) in enumerate(zip(observations, seeds))]
+        self.outcome = score_inversion(self.attack, observations, recs, truths)
+
+    def finish(self, final: FinalState) -> AttackOutcome | None:
+        return self.outcome
+
+
+def random_guess_psnr(x: torch.Tensor, seed: int) -> float:
+    """Mean PSNR of uniform-noise guesses against the targets: the no-information baseline a
+    defense should push an attack down to."""
+    from ...metrics.image import psnr
+
+    gen = torch.Generator().manual_seed(seed)
+    return float(psnr(torch.rand(x.shape, generator=gen), x).mean())
+
+
+def score_inversion(attack: Any, observations, recs, truths) -> AttackOutcome:
+    from ...metrics.image import score_reconstructions
+    from ...report.images import image_grid_png
+
+    use_lpips = attack.params.lpips
+    rows, per_target, files = [], [], {}
+    for obs, rec, truth in zip(observations, recs, truths):
+        score = score_reconstructions(rec.x.cpu(), truth.x.cpu(), rec.y.cpu(), truth.y.cpu(), lpips=use_lpips)
+        per_target.append(score)
+        row = {"client": obs.client_id, "round": obs.round, "images": len(truth)}
+        row.update({k: float(score[k]) for k in ("psnr", "ssim", "lpips", "label_accuracy") if k in score})
+        rows.append(row)
+        perm = torch.as_tensor(score["permutation"])
+        files[f"client{obs.client_id}_reconstruction.png"] = image_grid_png(
+            [truth.x.cpu(), rec.x.detach().cpu()[perm]], ["original", "reconstruction"]
+        )
+    keys = [k for k in ("psnr", "ssim", "lpips", "label_accuracy") if k in rows[0]]
+    metrics = {f"inversion.{k}": float(sum(r[k] for r in rows) / len(rows)) for k in keys}
+    metrics["inversion.psnr_random_guess"] = random_guess_psnr(torch.cat([t.x.cpu() for t in truths]), observations[0].round)
+    files["scores.json"] = json.dumps({"targets": rows, "per_image": [s["per_image"] for s in per_target]}, default=float).encode()
+    return AttackOutcome("inversion", metrics, rows, files)

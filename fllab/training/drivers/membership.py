@@ -1,0 +1,155 @@
+"""The membership driver (server or outsider position) and the one-run canary audit."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...errors import ConfigError
+from ...hooks import has_hook
+from ...seeding import derive_seed, numpy_gen, torch_gen
+from ...types import ModelObservation, TensorData, UpdateObservation
+from .base import AttackOutcome, DriverContext, FinalState, RoundView, Truth, audit_delta
+
+
+class MembershipDriver:
+    """Membership inference from either position, scored as AUC / TPR at low FPR plus an
+    empirical epsilon lower bound (Jagielski et al. 2020) from the same scores.
+
+    Candidates: ``members`` records of the attacked training data (each target client's data at
+    the server position, scored against that client's uploads and pooled; any honest client's at
+    the outsider position: a malicious client's poisoned data is no member pool) and as many
+    held-out records (the first half of the test split).  The outsider's population data is the
+    second half of the test split, disjoint from every candidate.  Target clients are honest:
+    the wiring draws malicious clients among the others."""
+
+    def __init__(self, attack: Any, truth: Truth, ctx: DriverContext):
+        self.attack, self.truth, self.ctx = attack, truth, ctx
+        p = attack.params
+        hook = "score_rounds" if p.position == "server" else "score"
+        if not has_hook(attack, hook):
+            raise ConfigError(f"{attack.registry_name} cannot attack from the {p.position} position", f"{ctx.path}.position")
+        for cid in p.target_clients if p.position == "server" else ():
+            if cid >= len(truth.client_data):
+                raise ConfigError(
+                    f"client {cid} does not exist; the federation has {len(truth.client_data)} clients", f"{ctx.path}.target_clients"
+                )
+        self.observations: dict[int, list[UpdateObservation]] = {c: [] for c in p.target_clients}
+
+    def _split(self, pool: TensorData, purpose: object) -> tuple[TensorData, TensorData, torch.Tensor]:
+        """``members`` records of ``pool`` and as many from the first half of the test split; the
+        second half is the population."""
+        p, test = self.attack.params, self.truth.test
+        rng = numpy_gen(self.ctx.root, "attack", self.attack.registry_name, "candidates", purpose)
+        half = len(test) // 2
+        k = min(p.members, len(pool), half)
+        members = pool.subset(torch.as_tensor(np.sort(rng.choice(len(pool), k, replace=False)), device=pool.x.device))
+        outside = test.subset(torch.as_tensor(np.sort(rng.choice(half, k, replace=False)), device=test.x.device))
+        population = test.subset(torch.arange(half, len(test), device=test.x.device))
+        candidates = TensorData(torch.cat([members.x, outside.x]), torch.cat([members.y, outside.y]))
+        is_member = torch.cat([torch.ones(k, dtype=torch.bool), torch.zeros(k, dtype=torch.bool)])
+        return candidates, population, is_member
+
+    def on_round(self, view: RoundView) -> None:
+        p = self.attack.params
+        if p.position != "server" or (p.rounds is not None and view.round not in p.rounds):
+            return
+        for upload in view.uploads:
+            for cid in (view.sampled[m] for m in upload.members):
+                if cid in self.observations:
+                    self.observations[cid].append(
+                        self.ctx.observe(view.round, cid, view.global_params, upload.update, upload.num_examples)
+                    )
+
+    def _scores(self, final: FinalState) -> tuple[torch.Tensor, torch.Tensor]:
+        p, truth = self.attack.params, self.truth
+        seed = derive_seed(self.ctx.root, "attack", self.attack.registry_name)
+        if p.position == "outsider":
+            parts = [truth.records(c) for c in truth.honest()]
+            pool = TensorData(torch.cat([d.x for d in parts]), torch.cat([d.y for d in parts]))
+            candidates, population, is_member = self._split(pool, "outsider")
+            obs = ModelObservation(self.ctx.model, final.global_params.clone(), population)
+            return self.attack.score(obs, candidates, seed), is_member
+        scores, labels = [], []
+        for cid, observed in self.observations.items():
+            if not observed:
+                raise RuntimeError(f"{self.attack.registry_name}: client {cid} was never observed; check rounds")
+            candidates, _, is_member = self._split(truth.records(cid), cid)
+            scores.append(self.attack.score_rounds(observed, candidates, seed))
+            labels.append(is_member)
+        return torch.cat(scores), torch.cat(labels)
+
+    def finish(self, final: FinalState) -> AttackOutcome:
+        from ...metrics.membership import membership_metrics
+        from ...privacy.audit import jagielski_epsilon_lower_bound
+        from ...report.rundir import SCORES, scores_csv
+
+        p = self.attack.params
+        scores, is_member = self._scores(final)
+        scores = scores.detach().double().cpu()
+        metrics = membership_metrics(scores, is_member)
+        bound = jagielski_epsilon_lower_bound(
+            scores.numpy(), is_member.numpy(), delta=audit_delta(final.privacy), alpha=0.05, bonferroni=True
+        )  # the threshold is chosen on the same scores: correct for every threshold tried
+        metrics["privacy.epsilon_lower_bound"] = float(bound.epsilon)
+        files = {SCORES: scores_csv(scores, is_member)}
+        observed = sum(len(v) for v in self.observations.values()) if p.position == "server" else None
+        table = [{"position": p.position, "candidates": len(is_member), "uploads_observed": observed,
+                  **{k.split(".", 1)[1]: v for k, v in metrics.items()}}]
+        return AttackOutcome("membership", metrics, table, files)
+
+
+class CanaryAuditDriver:
+    """The one-run canary audit (Steinke, Nasr & Jagielski 2023; :mod:`fllab.attacks.membership.canary`).
+
+    Planting happens when the driver is built (after partitioning and data poisoning, before
+    round 0): the attack crafts ``canaries`` canaries for the audited (honest) client (consuming
+    some of its records, which leave its data), and each canary is appended to the client's data
+    independently with probability 1/2 (the draws derive from the root seed).  After training the
+    attack scores every canary from the outsider's observation (the final model; the test split
+    as population) and the driver counts its guesses against the inclusion truth.  Membership
+    attacks in the same scenario do not count the planted canaries as members
+    (:meth:`Truth.records`)."""
+
+    def __init__(self, attack: Any, truth: Truth, ctx: DriverContext):
+        self.attack, self.truth, self.ctx = attack, truth, ctx
+        p = attack.params
+        if p.client >= len(truth.client_data):
+            raise ConfigError(f"client {p.client} does not exist; the federation has {len(truth.client_data)} clients", f"{ctx.path}.client")
+        data = truth.client_data[p.client]
+        gen = torch_gen(ctx.root, "attack", attack.registry_name, "canaries")
+        try:
+            self.canaries, consumed = attack.craft_canaries(data.to("cpu"), truth.num_classes, gen)
+        except ValueError as err:
+            raise ConfigError(f"{err} (client {p.client})", f"{ctx.path}.canaries") from None
+        self.inserted = torch.rand(len(self.canaries), generator=gen) < 0.5
+        keep = torch.ones(len(data), dtype=torch.bool)
+        keep[consumed] = False
+        rest = data.subset(keep.nonzero().squeeze(1).to(data.x.device))
+        planted = self.canaries.subset(self.inserted.nonzero().squeeze(1)).to(data.x.device)
+        truth.client_data[p.client] = TensorData(torch.cat([rest.x, planted.x]), torch.cat([rest.y, planted.y]))
+        truth.planted[p.client] = truth.planted.get(p.client, 0) + len(planted)
+        self.client, self.planted = p.client, len(planted)
+
+    def on_round(self, view: RoundView) -> None:
+        """The audit looks only at the final model."""
+
+    def finish(self, final: FinalState) -> AttackOutcome:
+        from ...metrics.membership import auc
+        from ...privacy.audit import one_run_epsilon_from_scores
+        from ...report.rundir import SCORES, scores_csv
+
+        p = self.attack.params
+        obs = ModelObservation(self.ctx.model, final.global_params.clone(), self.truth.test)
+        scores = self.attack.score_canaries(obs, self.canaries).detach().double().cpu()
+        audit = one_run_epsilon_from_scores(
+            scores.numpy(), self.inserted.numpy(), p.guess_members, p.guess_nonmembers, audit_delta(final.privacy), p.beta
+        )
+        metrics = {"privacy.epsilon_lower_bound_one_run": audit.epsilon}
+        inserted = int(self.inserted.sum())
+        table = [{"client": p.client, "kind": p.kind, "canaries": audit.m, "inserted": inserted,
+                  "guesses": audit.guesses, "correct": audit.correct,
+                  "canary_auc": auc(scores, self.inserted) if 0 < inserted < audit.m else None,
+                  "epsilon_lower_bound_one_run": audit.epsilon}]
+        return AttackOutcome("audit", metrics, table, {SCORES: scores_csv(scores, self.inserted)})
