@@ -18,7 +18,7 @@ attack         per family (:data:`FAMILY_HOOKS`): poisoning ``poison_data`` / ``
                (at least one) and ``score_final_model``; inversion ``reconstruct``*
                ``reconstruct_many``; membership ``score`` / ``score_rounds`` (at least one);
                audit ``craft_canaries``* ``score_canaries``*
-executor       ``start``* ``map``* ``close``* ``check``
+executor       ``start``* ``map``* ``close``* ``used``* ``check``
 =============  ==================================================================================
 """
 from __future__ import annotations
@@ -159,8 +159,12 @@ class Close(Protocol):
     def close(self) -> None: ...
 
 
+class Used(Protocol):
+    used: str  # the executor that actually runs (auto resolves to another)
+
+
 class CheckRun(Protocol):
-    def check(self, setup: Any) -> None: ...
+    def check(self, setup: Any, model: ModelHandle) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -190,7 +194,7 @@ KIND_HOOKS: dict[str, KindHooks] = {
     ),
     "aggregator": KindHooks(required=(Aggregate, Check), optional=(Detector,)),
     "defense": KindHooks(one_of=((Transform, WrapFit, WrapTrainer, WrapAggregator, ServerView, Plan, Account),)),
-    "executor": KindHooks(required=(Start, Map, Close), optional=(CheckRun,)),
+    "executor": KindHooks(required=(Start, Map, Close, Used), optional=(CheckRun,)),
 }
 
 

@@ -92,6 +92,7 @@ def env_info(setup: Setup, device: str) -> dict[str, Any]:
         "device": device,
         "cuda_device": torch.cuda.get_device_name(0) if device == "cuda" else None,
         "threads": torch.get_num_threads(),
+        "executor": setup.executor.used,
         "seed": seed,
         "derived_seeds": {p: derive_seed(seed, p) for p in ("init", "partition", "sampling", "malicious")},
     }

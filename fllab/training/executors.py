@@ -2,14 +2,47 @@
 (client id, round, global weights, data, derived seed), so any executor that maps it over the
 round's tasks gives the same results.  The protocol (:mod:`fllab.hooks`): ``start(fit, clients)``
 once before round 0 (the fit function and every client's data), ``map(tasks) -> results`` in
-task order each round, ``close()`` after the last (also on failure); optional ``check(setup)``
-refuses, before anything runs, a scenario the executor cannot run."""
+task order each round, ``close()`` after the last (also on failure); optional ``check(setup,
+model)`` refuses, before anything runs, a scenario the executor cannot run.  ``used`` names the
+executor that actually runs (``auto`` resolves to one of the others; env.json records it).
+
+* ``serial`` -- one client after another in this process (the reference).
+* ``process`` -- worker processes on this machine; every client's data reaches a worker once, at
+  start; each round ships only the tasks (global weights, seed, state).  Identical results.
+* ``vectorized`` -- the round's FedAvg clients trained as one stacked computation
+  (:func:`fllab.training.stacked.run_sgd`), each client on its own batches from its own
+  generator: the serial trajectory up to float rounding (the stacked kernels sum in another
+  order than autograd on one model).
+* ``auto`` -- ``vectorized`` where it applies and pays (any model on a GPU, MLPs on a CPU), else
+  ``serial``.
+"""
 from __future__ import annotations
 
-from typing import Sequence
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from multiprocessing import get_context
+from typing import Any, Sequence
 
-from ..registry import EXECUTORS, NoParams
-from ..types import ClientResult, ClientTask, FitFn, TensorData
+import torch
+from pydantic import Field, PositiveInt, model_validator
+
+from ..errors import ConfigError
+from ..hooks import has_hook
+from ..models.victim import VictimModel
+from ..registry import EXECUTORS, NoParams, Params
+from ..seeding import derive_seed
+from ..types import ClientResult, ClientTask, FitFn, ModelHandle, TensorData
+from .local import TrainReport
+from .stacked import StackedMLP, run_sgd, schedule
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 @EXECUTORS.register("serial")
@@ -18,6 +51,7 @@ class SerialExecutor:
 
     summary = "one client after another in this process"
     Params = NoParams
+    used = "serial"
 
     def __init__(self, params: NoParams):
         self.params = params
@@ -31,3 +65,186 @@ class SerialExecutor:
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+# ------------------------------------------------------------------------------------- process
+class ProcessParams(Params):
+    workers: PositiveInt | None = Field(None, description="worker processes; null = the number of CPU cores")
+    threads: PositiveInt | None = Field(None, description="torch threads per worker; null = cores // workers (at least 1)")
+
+    @model_validator(mode="after")
+    def _fits_the_cores(self) -> "ProcessParams":
+        cores = cpu_cores()
+        if self.workers and self.threads and self.workers * self.threads > cores:
+            raise ValueError(f"workers x threads = {self.workers * self.threads} exceeds the {cores} CPU cores")
+        return self
+
+    def sizes(self) -> tuple[int, int]:
+        """(workers, torch threads per worker), with workers x threads <= cores."""
+        cores = cpu_cores()
+        workers = self.workers or cores
+        return workers, self.threads or max(1, cores // workers)
+
+
+_WORKER: dict[str, Any] = {}  # the fit function and the clients' data, set once per worker process
+
+
+def _worker_start(fit: FitFn, clients: Sequence[TensorData], device: str, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _WORKER["fit"] = fit
+    _WORKER["clients"] = [c.to(device) for c in clients]
+
+
+def _worker_fit(task: ClientTask) -> ClientResult:
+    result = _WORKER["fit"](replace(task, data=_WORKER["clients"][task.client_id]))
+    return replace(result, update=result.update.cpu())
+
+
+@EXECUTORS.register("process")
+class ProcessExecutor:
+    """Clients on worker processes of this machine (spawned, so no state leaks from the parent).
+    The clients' data is shipped to every worker once, when the run starts; a round sends each
+    task without its data.  Client work is a pure function of the task, so the results equal the
+    serial executor's (with the same torch thread count per client)."""
+
+    summary = "worker processes on this machine; client data shipped once"
+    Params = ProcessParams
+    used = "process"
+
+    def __init__(self, params: ProcessParams):
+        self.params = params
+        self.pool: ProcessPoolExecutor | None = None
+        self.device = "cpu"
+
+    def start(self, fit: FitFn, clients: Sequence[TensorData]) -> None:
+        workers, threads = self.params.sizes()
+        self.device = str(clients[0].x.device) if clients else "cpu"
+        cpu = [c.to("cpu") for c in clients]
+        self.pool = ProcessPoolExecutor(
+            workers, mp_context=get_context("spawn"), initializer=_worker_start, initargs=(fit, cpu, self.device, threads)
+        )
+
+    def map(self, tasks: Sequence[ClientTask]) -> list[ClientResult]:
+        light = [replace(t, data=None, global_params=t.global_params.cpu()) for t in tasks]
+        results = list(self.pool.map(_worker_fit, light))
+        return [replace(r, update=r.update.to(self.device)) for r in results]
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+
+
+# ---------------------------------------------------------------------------------- vectorized
+def vectorized_refusal(setup: Any, model: ModelHandle) -> str | None:
+    """Why the vectorized executor cannot run ``setup`` (None when it can)."""
+    algorithm = setup.algorithm.registry_name
+    if algorithm != "fedavg":
+        return f"executor vectorized batches fedavg clients only; algorithm {algorithm} needs serial or process"
+    for defense in setup.defenses:
+        if has_hook(defense, "wrap_trainer") or has_hook(defense, "wrap_fit"):
+            return f"executor vectorized cannot batch defense {defense.registry_name} (it changes local training); use serial or process"
+    with torch.device("meta"):
+        net = model.build()
+    if any(True for _ in net.buffers()):
+        return "executor vectorized needs a model without buffers (batch-norm statistics); use serial or process"
+    return None
+
+
+@EXECUTORS.register("vectorized")
+class VectorizedExecutor:
+    """The round's clients trained as one stacked computation (the shadow ensemble's approach,
+    :mod:`fllab.training.stacked`): stacked weights, batched matrix products (a hand-written
+    backward for MLPs, ``torch.func.vmap`` otherwise), per-client mini-batches from each client's
+    own generator seeded by its task, per-client step counts.  Runs FedAvg (momentum and weight
+    decay included) with client-side update transforms (clipping, noise, quantization, ...) applied
+    per client afterwards with the serial executor's generators; refuses, before anything runs,
+    algorithms other than FedAvg, defenses that change local training (DP-SGD) and models with
+    buffers.  Follows the serial trajectory up to float rounding (another summation order)."""
+
+    summary = "a round's FedAvg clients as one stacked computation (batched matmuls / vmap)"
+    Params = NoParams
+    used = "vectorized"
+
+    def __init__(self, params: NoParams):
+        self.params = params
+
+    def check(self, setup: Any, model: ModelHandle) -> None:
+        reason = vectorized_refusal(setup, model)
+        if reason:
+            raise ConfigError(reason, "executor")
+
+    def start(self, fit: FitFn, clients: Sequence[TensorData]) -> None:
+        self.algorithm = fit.algorithm
+        self.transforms = [d for d in fit.defenses if has_hook(d, "transform")]
+        self.x = torch.cat([c.x for c in clients])
+        self.y = torch.cat([c.y for c in clients])
+        sizes = torch.tensor([len(c) for c in clients])
+        self.offsets = (torch.cumsum(sizes, 0) - sizes).tolist()
+        self.sizes = sizes.tolist()
+        self.victim = VictimModel(fit.model_handle.build, self.x.device, self.x.dtype)
+
+    def map(self, tasks: Sequence[ClientTask]) -> list[ClientResult]:
+        p = self.algorithm.params
+        ids = [t.client_id for t in tasks]
+        members = [torch.arange(self.offsets[c], self.offsets[c] + self.sizes[c]) for c in ids]
+        steps = [self.algorithm.local_steps(self.sizes[c]) for c in ids]
+        gens = [torch.Generator(device="cpu").manual_seed(t.seed) for t in tasks]
+        plan = schedule(members, p.batch_size, steps, gens)
+        start = tasks[0].global_params
+        flat = start.to(self.x.dtype).expand(len(tasks), -1).clone()
+        params, losses = run_sgd(
+            self.victim, self.x, self.y, flat, plan, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay, track_loss=True
+        )
+        deltas = params - start
+        results = []
+        for k, task in enumerate(tasks):
+            n, loss = self.sizes[task.client_id], float(losses[k])
+            update = deltas[k]
+            for defense in self.transforms:  # client-side transforms, in the serial executor's order and seeds
+                gen = torch.Generator(device="cpu").manual_seed(derive_seed(task.seed, "defense", defense.registry_name))
+                update = defense.transform(update, gen)
+            used = torch.arange(n, device=self.x.device)
+            results.append(ClientResult(task.client_id, update, n, {"train_loss": loss}, {"used_index": used},
+                                        training=TrainReport(loss, steps[k])))
+        return results
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+# ---------------------------------------------------------------------------------------- auto
+@EXECUTORS.register("auto")
+class AutoExecutor:
+    """``vectorized`` where it applies and pays -- any model on a GPU, MLPs (models the stacked
+    kernel covers) on a CPU -- else ``serial``.  ``used`` names the one chosen."""
+
+    summary = "vectorized where it applies and pays (GPU; MLPs on CPU), else serial"
+    Params = NoParams
+
+    def __init__(self, params: NoParams):
+        self.params = params
+        self.inner: Any = SerialExecutor(NoParams())
+
+    @property
+    def used(self) -> str:
+        return self.inner.used
+
+    def check(self, setup: Any, model: ModelHandle) -> None:
+        from .wiring import pick_device
+
+        self.inner = SerialExecutor(NoParams())
+        if vectorized_refusal(setup, model) is not None:
+            return
+        on_gpu = pick_device(setup.scenario.device) == "cuda"
+        if on_gpu or StackedMLP.layers_of(VictimModel(model.build, torch.device("cpu"), torch.float32)) is not None:
+            self.inner = VectorizedExecutor(NoParams())
+
+    def start(self, fit: FitFn, clients: Sequence[TensorData]) -> None:
+        self.inner.start(fit, clients)
+
+    def map(self, tasks: Sequence[ClientTask]) -> list[ClientResult]:
+        return self.inner.map(tasks)
+
+    def close(self) -> None:
+        self.inner.close()

@@ -102,6 +102,14 @@ def batch_schedule(masks: Tensor, batch_size: int, epochs: float, seed: int) -> 
     if any(m.numel() == 0 for m in members):
         raise ValueError("every model needs at least one training record")
     steps = [steps_for(m.numel(), batch_size, epochs, None) for m in members]
+    gens = [torch_gen(seed, "ensemble", "batches", j) for j in range(len(members))]
+    return schedule(members, batch_size, steps, gens)
+
+
+def schedule(members: list[Tensor], batch_size: int, steps: list[int], gens: list[torch.Generator]) -> BatchSchedule:
+    """The mini-batches of K models: model k draws ``steps[k]`` batches of its pool records
+    ``members[k]`` from ``gens[k]`` exactly as :func:`fllab.training.local.batch_order` would for
+    it alone (padded to a common width with zero-weight slots; inactive once its steps are done)."""
     width = min(batch_size, max(m.numel() for m in members))
     k, t = len(members), max(steps)
     index = torch.zeros(t, k, width, dtype=torch.long)
@@ -109,7 +117,7 @@ def batch_schedule(masks: Tensor, batch_size: int, epochs: float, seed: int) -> 
     active = torch.zeros(t, k, dtype=torch.bool)
     slots = torch.arange(width)
     for j, (m, s) in enumerate(zip(members, steps)):
-        batches = batch_order(m.numel(), batch_size, s, torch_gen(seed, "ensemble", "batches", j))
+        batches = batch_order(m.numel(), batch_size, s, gens[j])
         padded = pad_sequence(batches, batch_first=True)  # (s, <= width), zeros after a partial batch
         index[:s, j, : padded.shape[1]] = m[padded]
         weight[:s, j] = (slots < torch.tensor([b.numel() for b in batches]).unsqueeze(1)).to(weight.dtype)
@@ -155,20 +163,38 @@ def train_ensemble(
     if flat.shape != (k, model.num_params):
         raise ValueError(f"init must be ({k}, {model.num_params}), got {tuple(flat.shape)}")
     plan = batch_schedule(masks, batch_size, epochs, seed)
+    params, _ = run_sgd(model, x, y, flat, plan, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return Ensemble(model, params, masks)
+
+
+def run_sgd(
+    model: VictimModel, x: Tensor, y: Tensor, flat: Tensor, plan: BatchSchedule, *, lr: float, momentum: float = 0.0,
+    weight_decay: float = 0.0, track_loss: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """SGD of K models from weights ``flat`` (K, d) on the pool ``(x, y)`` along ``plan``; returns
+    the final (K, d) weights and, with ``track_loss``, each model's mean mini-batch loss over its
+    steps (what :func:`fllab.training.local.sgd_train` reports).  The optimizer is
+    :class:`torch.optim.SGD` (see :func:`train_ensemble`)."""
     index, weight = plan.index.to(x.device), plan.weight.to(device=x.device, dtype=x.dtype)
     # A frozen model still runs (on record 0, weight 1, so its loss stays finite) but takes no step.
     weight[~plan.active] = 1.0
     scale = (weight / weight.sum(dim=-1, keepdim=True)).unsqueeze(-1)  # (T, K, B, 1): each model's batch mean
     everyone = plan.active.all(dim=1).tolist()
-    step_size = lr * plan.active.to(device=x.device, dtype=x.dtype)  # (T, K)
+    active = plan.active.to(device=x.device, dtype=x.dtype)
+    step_size = lr * active  # (T, K)
+    k = flat.shape[0]
 
     grad_fn = StackedMLP.of(model, flat, x, y) or VmapGradient(model, flat, y)
+    grad_fn.track_loss = track_loss
     params = grad_fn.params
     per_model = [(k,) + (1,) * (p.dim() - 1) for p in params]
     velocity = [torch.zeros_like(p) for p in params] if momentum else []
+    total = torch.zeros(k, dtype=x.dtype, device=x.device) if track_loss else None
     for t in range(index.shape[0]):
         grads = grad_fn(gather(x, index[t]), index[t], scale[t])
         with torch.no_grad():
+            if track_loss:
+                total += grad_fn.last_loss * active[t]
             if weight_decay:
                 torch._foreach_add_(grads, params, alpha=weight_decay)
             if momentum:
@@ -180,7 +206,8 @@ def train_ensemble(
             else:
                 rates = [step_size[t].view(shape) for shape in per_model]
                 torch._foreach_sub_(params, torch._foreach_mul(grads, rates))
-    return Ensemble(model, grad_fn.flat(), masks)
+    losses = total / active.sum(dim=0) if track_loss else None
+    return grad_fn.flat(), losses
 
 
 def gather(rows: Tensor, idx: Tensor) -> Tensor:
@@ -204,11 +231,17 @@ class VmapGradient:
 
         self.logits = vmap(forward)
 
+    track_loss = False  # set last_loss (K,): each model's mean batch loss
+    last_loss: Tensor
+
     def __call__(self, xb: Tensor, idx: Tensor, scale: Tensor) -> list[Tensor]:
         log_p = torch.log_softmax(self.logits(self.params, xb), dim=-1)
         nll = -log_p.gather(-1, gather(self.y, idx).unsqueeze(-1))
+        weighted = nll * scale
+        if self.track_loss:
+            self.last_loss = weighted.detach().sum(dim=(1, 2))
         # models are independent: d/dw_k of the sum is model k's gradient
-        return list(torch.autograd.grad((nll * scale).sum(), self.params))
+        return list(torch.autograd.grad(weighted.sum(), self.params))
 
     def flat(self) -> Tensor:
         return torch.cat([p.detach().flatten(1) for p in self.params], dim=1)
@@ -314,6 +347,13 @@ class StackedMLP:
     @classmethod
     def of(cls, model: VictimModel, flat: Tensor, x: Tensor, y: Tensor) -> "StackedMLP | None":
         """The stacked kernel of ``model``, or None when a layer has none (or the model keeps buffers)."""
+        layers = cls.layers_of(model)
+        return None if layers is None else cls(layers, flat, model.shapes, x, y)
+
+    @staticmethod
+    def layers_of(model: VictimModel) -> "list[_Layer] | None":
+        """The stacked layers of ``model``, or None when one has no stacked kernel (or the model
+        keeps buffers)."""
         module = model.module
         if not isinstance(module, nn.Sequential) or model.buffers:
             return None
@@ -323,7 +363,7 @@ class StackedMLP:
         counts = [sum(1 for _ in child.parameters(recurse=False)) for child in module]
         if counts != [layer.num_params for layer in layers] or not any(counts):
             return None
-        return cls(layers, flat, model.shapes, x, y)
+        return layers
 
     def forward(self, xb: Tensor) -> list[Tensor]:
         """Every layer's input and, last, the logits, for a batch (K, B, *record shape)."""
@@ -332,13 +372,22 @@ class StackedMLP:
             acts.append(layer.forward(p, acts[-1]))
         return acts
 
+    track_loss = False  # set last_loss (K,): each model's mean batch loss
+    last_loss: Tensor
+
     def __call__(self, xb: Tensor, idx: Tensor, scale: Tensor) -> list[Tensor]:
         acts = self.forward(xb)
         # d(mean CE)/d logits = (softmax - onehot) * weight / batch weight; the softmax is spelt out
         # because torch.softmax over a last dimension of ~10 classes is several times slower on CPUs
         z = acts[-1] - acts[-1].amax(dim=-1, keepdim=True)
+        onehot = gather(self.onehot, idx)
+        if self.track_loss:  # CE = log(sum exp z) - z_y, before z is exponentiated in place
+            z_y = (z * onehot).sum(dim=-1, keepdim=True)
         p = z.exp_()
-        grad = p.div_(p.sum(dim=-1, keepdim=True)).sub_(gather(self.onehot, idx)).mul_(scale)
+        total = p.sum(dim=-1, keepdim=True)
+        if self.track_loss:
+            self.last_loss = ((total.log() - z_y) * scale).sum(dim=(1, 2))
+        grad = p.div_(total).sub_(onehot).mul_(scale)
         for i in range(len(self.layers) - 1, self.first - 1, -1):
             grad = self.layers[i].backward(self.layer_params[i], acts[i], acts[i + 1], grad, self.layer_grads[i], i > self.first)
         return [self.grad]

@@ -92,10 +92,21 @@ def assign_malicious(attacks: list[Any], num_clients: int, root: int) -> dict[st
     return out
 
 
+@dataclass(frozen=True)
+class ModelBuilder:
+    """Picklable factory of the task's network (worker processes build their own copy)."""
+
+    model: Any  # the registered model component
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+    def __call__(self) -> torch.nn.Module:
+        return self.model.build(self.input_shape, self.num_classes)
+
+
 def build_model(setup: Setup, input_shape: tuple[int, ...], num_classes: int) -> ModelHandle:
     """The public model handle; an algorithm bundle may change the network (``wrap_model``)."""
-    model_cls = setup.model
-    build = lambda: model_cls.build(input_shape, num_classes)  # noqa: E731
+    build: Any = ModelBuilder(setup.model, tuple(input_shape), num_classes)
     if has_hook(setup.algorithm, "wrap_model"):
         build = setup.algorithm.wrap_model(build)
     return ModelHandle(build, input_shape, num_classes)
@@ -127,8 +138,6 @@ def wire(setup: Setup) -> Federation:
     sc = setup.scenario
     fed, root = sc.federation, sc.seed
     device = pick_device(sc.device)
-    if has_hook(setup.executor, "check"):
-        setup.executor.check(setup)
     bundle = setup.dataset.load()
     if fed.num_clients > len(bundle.train):
         raise ConfigError(f"{fed.num_clients} clients but the training set has {len(bundle.train)} examples", "federation.num_clients")
@@ -139,6 +148,8 @@ def wire(setup: Setup) -> Federation:
     train = bundle.train.to(device)
     client_data = [train.subset(torch.as_tensor(p, device=device)) for p in parts]
     model = build_model(setup, bundle.input_shape, bundle.num_classes)
+    if has_hook(setup.executor, "check"):  # an executor refuses what it cannot run, before anything runs
+        setup.executor.check(setup, model)
     plan_defenses(setup, model)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(root, "init"))
