@@ -95,6 +95,14 @@ def _worker_start(fit: FitFn, clients: Sequence[TensorData], device: str, thread
     _WORKER["clients"] = [c.to(device) for c in clients]
 
 
+def _worker_ready(_: int) -> int:
+    """A no-op that occupies one worker for a moment (so that start() spawns every worker)."""
+    import time
+
+    time.sleep(0.2)
+    return os.getpid()
+
+
 def _worker_fit(task: ClientTask) -> ClientResult:
     result = _WORKER["fit"](replace(task, data=_WORKER["clients"][task.client_id]))
     return replace(result, update=result.update.cpu())
@@ -107,14 +115,14 @@ class ProcessExecutor:
     task without its data.  Client work is a pure function of the task, so the results equal the
     serial executor's (with the same torch thread count per client)."""
 
+    used = "process"
     summary = "worker processes on this machine; client data shipped once"
     Params = ProcessParams
-    used = "process"
 
     def __init__(self, params: ProcessParams):
-        self.params = params
         self.pool: ProcessPoolExecutor | None = None
         self.device = "cpu"
+        self.params = params
 
     def start(self, fit: FitFn, clients: Sequence[TensorData]) -> None:
         workers, threads = self.params.sizes()
@@ -123,6 +131,7 @@ class ProcessExecutor:
         self.pool = ProcessPoolExecutor(
             workers, mp_context=get_context("spawn"), initializer=_worker_start, initargs=(fit, cpu, self.device, threads)
         )
+        list(self.pool.map(_worker_ready, range(workers)))  # workers spawn on demand: start them all now
 
     def map(self, tasks: Sequence[ClientTask]) -> list[ClientResult]:
         light = [replace(t, data=None, global_params=t.global_params.cpu()) for t in tasks]
