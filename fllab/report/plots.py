@@ -206,12 +206,18 @@ def _place_labels(fig: Figure, ax: Any, labels: list[tuple[str, float, float, bo
         taken.append(box)
 
 
+def ci95(row: Mapping[str, Any], metric: str) -> float:
+    """Half-width of the 95% confidence interval a row carries for ``metric`` (0 when it has none)."""
+    value = as_number(row.get(f"{metric}:ci95"))
+    return value if value is not None and math.isfinite(value) else 0.0
+
+
 def tradeoff_figure(rows: Sequence[Mapping[str, Any]], x: str, y: str, label_keys: Sequence[str] = ()) -> bytes:
     """Scatter of metric ``y`` against metric ``x`` with the Pareto front marked.
 
     Better directions come from :data:`~fllab.report.directions.HIGHER_IS_BETTER` (unknown metrics
-    are assumed higher-is-better, and the axis label says so).  A row may carry ``"<metric>:std"``
-    to draw an error bar (seed spread).  Points are labelled with their ``label_keys`` values, named
+    are assumed higher-is-better, and the axis label says so).  A row may carry ``"<metric>:ci95"``
+    (the half-width of the 95% confidence interval of a mean over seeds) to draw an error bar.  Points are labelled with their ``label_keys`` values, named
     once in the legend title (all points when few, only the front when crowded).
     """
     points = [(row, as_number(row.get(x)), as_number(row.get(y))) for row in rows]
@@ -230,8 +236,8 @@ def tradeoff_figure(rows: Sequence[Mapping[str, Any]], x: str, y: str, label_key
                 continue
             xs = [p[1] for p in chosen]
             ys = [p[2] for p in chosen]
-            xerr = [as_number(p[0].get(f"{x}:std")) or 0.0 for p in chosen]
-            yerr = [as_number(p[0].get(f"{y}:std")) or 0.0 for p in chosen]
+            xerr = [ci95(p[0], x) for p in chosen]
+            yerr = [ci95(p[0], y) for p in chosen]
             colour = FRONT if on_front else MUTED
             if any(xerr) or any(yerr):
                 ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt="none", ecolor=colour, alpha=0.6, linewidth=1)
@@ -346,7 +352,8 @@ _BOUND_MARKERS = dict(zip(AUDITED_EPSILONS, "s^v<>"))
 def privacy_utility_figure(points: Sequence[Mapping[str, Any]], series_key: str, label_key: str,
                            x_metrics: Sequence[str], y: str = "utility.accuracy") -> bytes:
     """Test accuracy against each privacy quantity in ``x_metrics``, one panel each, one line per
-    series (e.g. per defense, its points ordered along x).
+    series (e.g. per defense, its points ordered along x); a point carrying ``"<metric>:ci95"`` gets
+    95%-confidence error bars.
 
     On the ``privacy.epsilon`` panel each point is the accounted epsilon (filled) with its audited
     lower bounds (hollow, :data:`~fllab.report.directions.AUDITED_EPSILONS`) at the same accuracy,
@@ -371,6 +378,10 @@ def privacy_utility_figure(points: Sequence[Mapping[str, Any]], series_key: str,
                 if placed:
                     ax.plot([q[0] for q in placed], [q[1] for q in placed], marker="o", linewidth=1.4, markersize=5,
                             color=colours[name], label=name or "—")
+                    xerr, yerr = [ci95(q[2], x) for q in placed], [ci95(q[2], y) for q in placed]
+                    if any(xerr) or any(yerr):
+                        ax.errorbar([q[0] for q in placed], [q[1] for q in placed], xerr=xerr, yerr=yerr, fmt="none",
+                                    ecolor=colours[name], alpha=0.5, linewidth=1)
                     for xv, yv, p in placed:
                         ax.annotate(str(p.get(label_key) or ""), (xv, yv), xytext=(4, 4), textcoords="offset points",
                                     fontsize=6, color="#3b4752")
