@@ -278,6 +278,9 @@ def write_results_csv(sweep_dir: Path, cells: list[tuple[str, dict[str, Any], in
              *[summary["metrics"].get(m, "") for m in metric_cols]]
         )
     atomic_write_text(sweep_dir / "results.csv", buf.getvalue())
+    from .report.aggregate import write_aggregate
+
+    write_aggregate(sweep_dir)  # aggregate.csv: mean, std and 95% CI per setting when seeds repeat
     return len(rows)
 
 
