@@ -71,11 +71,13 @@ def extra_series_keys(rounds: Sequence[Mapping[str, Any]]) -> list[str]:
     return [k for k in keys if _series(rounds, k)[0]][:_MAX_EXTRA_SERIES]
 
 
-def curves_figure(rounds: Sequence[Mapping[str, Any]]) -> bytes | None:
+def curves_figure(rounds: Sequence[Mapping[str, Any]], reference: Sequence[Mapping[str, Any]] = (),
+                  reference_label: str = "reference") -> bytes | None:
     """Test accuracy, train/test loss and any extra numeric series against the round number.
 
     Rounds without evaluation simply have no accuracy/test-loss point; a panel with no data at all
-    is left out, and with no numeric series at all there is no figure (None).
+    is left out, and with no numeric series at all there is no figure (None).  ``reference`` rounds
+    (e.g. the no-attack twin's) are overlaid as dashed grey lines on the panels they share.
     """
     panels: list[tuple[str, list[tuple[str, str]]]] = []
     if _series(rounds, "test_accuracy")[0]:
@@ -92,14 +94,20 @@ def curves_figure(rounds: Sequence[Mapping[str, Any]]) -> bytes | None:
     def draw(fig: Figure) -> None:
         axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
         for ax, (title, series) in zip(axes, panels):
+            overlaid = False
             for key, label in series:
                 xs, ys = _series(rounds, key)
-                ax.plot(xs, ys, marker="o" if len(xs) <= 30 else None, markersize=3, linewidth=1.6, label=label)
+                line = ax.plot(xs, ys, marker="o" if len(xs) <= 30 else None, markersize=3, linewidth=1.6, label=label)
+                rx, ry = _series(reference, key)
+                if rx:
+                    ax.plot(rx, ry, linestyle="--", linewidth=1.3, color=line[0].get_color(), alpha=0.55,
+                            label=f"{label}, {reference_label}")
+                    overlaid = True
             ax.set_title(title)
             ax.set_xlabel("round")
             ax.xaxis.get_major_locator().set_params(integer=True)
-            if len(series) > 1:
-                ax.legend()
+            if len(series) > 1 or overlaid:
+                ax.legend(fontsize=7)
         for ax in axes[len(panels):]:
             ax.set_visible(False)
 

@@ -266,9 +266,27 @@ def _sweep_name(definition_text: str) -> str | None:
     return str(data["name"]) if isinstance(data, dict) and data.get("name") else None
 
 
+def build_cell_reports(sweep_dir: Path, results: SweepResults) -> int:
+    """Write the report of every finished cell that has none (or an older one than its summary),
+    so each cell links to a report titled with its own values; return how many were written."""
+    from .render import build_report
+
+    written = 0
+    for row in results.rows:
+        folder = _cell_dir(sweep_dir, row)
+        summary, report = (folder / "summary.json", folder / "report.html") if folder else (None, None)
+        if summary is None or not summary.is_file() or str(row.get("status", "ok")) != "ok":
+            continue
+        if not report.is_file() or report.stat().st_mtime < summary.stat().st_mtime:
+            build_report(folder)
+            written += 1
+    return written
+
+
 def sweep_context(sweep_dir: Path, x: str | None = None, y: str | None = None) -> dict[str, Any]:
-    """Everything the sweep templates show; writes the figures as a side effect."""
+    """Everything the sweep templates show; writes the figures (and missing cell reports) as a side effect."""
     results = load_results(sweep_dir / RESULTS)
+    build_cell_reports(sweep_dir, results)
     pairs = metric_pairs(results, x, y)
     settings = aggregate(results)
     aggregated = several_seeds(results)
