@@ -16,7 +16,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 
-from .directions import AUDITED_EPSILONS, direction_phrase, higher_is_better, known_direction
+from .directions import (
+    AUDITED_EPSILONS, REFERENCE_LABELS, REFERENCES, UNITS, direction_phrase, higher_is_better, known_direction, with_unit,
+)
 from .pareto import pareto_front
 from .tables import as_number, fmt, short_names
 
@@ -171,7 +173,18 @@ def _better_arrow(x: str, y: str) -> str:
 
 
 def _axis_label(metric: str) -> str:
-    return f"{metric}  ({direction_phrase(metric)})"
+    return f"{with_unit(metric)}  ({direction_phrase(metric)})"
+
+
+def reference_value(rows: Sequence[Mapping[str, Any]], metric: str) -> tuple[str, float] | None:
+    """``(label, mean)`` of ``metric``'s no-information reference over the rows that carry it
+    (e.g. the random-guess PSNR for ``inversion.psnr``), None when there is none."""
+    ref = REFERENCES.get(metric)
+    values = [v for row in rows if ref and (v := as_number(row.get(ref))) is not None and math.isfinite(v)]
+    if not values:
+        return None
+    mean = float(np.mean(values))
+    return f"{REFERENCE_LABELS.get(ref, ref)} ({fmt(mean)}{' ' + UNITS[ref] if ref in UNITS else ''})", mean
 
 
 #: label positions tried around a point: (x offset, y offset) in points, horizontal and vertical anchor
@@ -251,6 +264,10 @@ def tradeoff_figure(rows: Sequence[Mapping[str, Any]], x: str, y: str, label_key
                 ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt="none", ecolor=colour, alpha=0.6, linewidth=1)
             ax.scatter(xs, ys, s=46 if on_front else 30, color=colour, zorder=3, edgecolors="white", linewidths=0.6,
                        label=f"Pareto front ({len(chosen)})" if on_front else f"dominated ({len(chosen)})")
+        for metric, line in ((x, ax.axvline), (y, ax.axhline)):
+            reference = reference_value([row for row, _, _ in points], metric)
+            if reference is not None:
+                line(reference[1], linestyle="--", linewidth=1, color="#6b7780", label=reference[0], zorder=1)
         ordered = sorted((points[i][1], points[i][2]) for i in front)
         if len(ordered) > 1:
             ax.plot(*zip(*ordered), color=FRONT, linewidth=1.2, alpha=0.8, zorder=2)
@@ -276,11 +293,14 @@ def tradeoff_figure(rows: Sequence[Mapping[str, Any]], x: str, y: str, label_key
 
 
 def heatmap_figure(matrix: Sequence[Sequence[float | None]], row_labels: Sequence[str], col_labels: Sequence[str],
-                   title: str, *, metric: str | None = None, xlabel: str = "", ylabel: str = "") -> bytes:
+                   title: str, *, metric: str | None = None, xlabel: str = "", ylabel: str = "",
+                   min_span: float = 0.0, limits: tuple[float, float] | None = None) -> bytes:
     """Annotated heat-map (e.g. attack x defense); missing cells are grey.
 
     With ``metric`` given, the colour scale runs so that brighter is better for the defender and
-    the colour bar names the direction.
+    the colour bar names the direction.  The colour range spans at least ``min_span`` (centred on
+    the data, shifted to stay within ``limits`` when given), so that differences smaller than that
+    (seed noise) do not fill the whole scale.
     """
     values = np.array([[np.nan if (v := as_number(c)) is None else v for c in row] for row in matrix], dtype=float)
     if values.shape != (len(row_labels), len(col_labels)):
@@ -289,6 +309,12 @@ def heatmap_figure(matrix: Sequence[Sequence[float | None]], row_labels: Sequenc
     cmap = matplotlib.colormaps["viridis_r" if reverse else "viridis"].with_extremes(bad="#e6e9ed")
     finite = values[np.isfinite(values)]
     low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if high - low < min_span:
+        middle = (low + high) / 2
+        low, high = middle - min_span / 2, middle + min_span / 2
+        if limits is not None:
+            shift = max(limits[0] - low, 0.0) - max(high - limits[1], 0.0)
+            low, high = max(low + shift, limits[0]), min(high + shift, limits[1])
     width = min(max(4.5, 0.9 * len(col_labels) + 2.5), 14.0)
     height = min(max(3.0, 0.45 * len(row_labels) + 1.8), 12.0)
 
@@ -311,7 +337,7 @@ def heatmap_figure(matrix: Sequence[Sequence[float | None]], row_labels: Sequenc
             ax.text(c, r, fmt(float(v)), ha="center", va="center", color=ink, fontsize=8)
         bar = fig.colorbar(image, ax=ax, shrink=0.9)
         if metric is not None:
-            bar.set_label(f"{metric} ({direction_phrase(metric)})")
+            bar.set_label(f"{with_unit(metric)} ({direction_phrase(metric)})")
 
     return _png((width, height), draw)
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
-from . import plots
-from .directions import AUDITED_EPSILONS, direction_phrase, higher_is_better
+from . import grid, plots
+from .directions import AUDITED_EPSILONS, REFERENCES, direction_phrase, higher_is_better
 from .output import FigureRef, save_figure, write_report
 from .aggregate import settings as seed_settings, several_seeds
 from .pareto import pareto_front
@@ -73,8 +73,9 @@ def metric_pairs(results: SweepResults, x: str | None = None, y: str | None = No
         return []
     if y is not None:
         return [(x, y)]
+    references = set(REFERENCES.values())
     return [(x, m) for m in results.metrics
-            if m != x and m.split(".", 1)[0] in RISK_FAMILIES and _varies(results.rows, m)]
+            if m != x and m not in references and m.split(".", 1)[0] in RISK_FAMILIES and _varies(results.rows, m)]
 
 
 def fronts(points: list[dict[str, Any]], pairs: list[tuple[str, str]]) -> dict[tuple[str, str], list[int]]:
@@ -161,30 +162,57 @@ def _tradeoff_caption(x: str, y: str, seeds: str | None, on_front: int, total: i
 MAX_HEATMAP_SLICES = 12
 
 
-def _heatmaps(sweep_dir: Path, settings: list[dict[str, Any]], params: list[str], names: dict[str, str],
-              metrics: list[str], seeds: str | None) -> list[FigureRef]:
+def _heatmaps(sweep_dir: Path, results: SweepResults, settings: list[dict[str, Any]], params: list[str],
+              names: dict[str, str], metrics: list[str], seeds: str | None) -> list[FigureRef]:
     """Metric over the grid of the last two varying parameters (e.g. attack x defense), one
     heat-map per plotted metric; with more varying parameters, one heat-map per combination of the
-    others (e.g. fraction x defense for each attack), the first :data:`MAX_HEATMAP_SLICES` of them."""
+    others (e.g. fraction x defense for each attack), the first :data:`MAX_HEATMAP_SLICES` of them.
+    Poisoning grids add the accuracy drop against the undefended clean model and a worst-case
+    entry on the attack axis (:mod:`fllab.report.grid`)."""
     *outer, row_param, col_param = params
+    roles = grid.setting_roles(sweep_dir, results.rows, results.params)
+    if any(m.startswith("poisoning.") for m in metrics) and grid.add_drop_vs_undefended(settings, results.params, roles, outer):
+        metrics = [*metrics, grid.DROP_VS_UNDEFENDED]
+    attack_axis = next((p for p in (row_param, col_param) if grid.axis_role(p) == "attack"), None)
     slices = list(dict.fromkeys(tuple(s[p] for p in outer) for s in settings))[:MAX_HEATMAP_SLICES]
     figures = []
     for metric in metrics:
+        span = grid.min_colour_span(settings, metric)
         for key in slices:
             chosen = [s for s in settings if tuple(s[p] for p in outer) == key]
             row_labels = list(dict.fromkeys(s[row_param] for s in chosen))
             col_labels = list(dict.fromkeys(s[col_param] for s in chosen))
             lookup = {(s[row_param], s[col_param]): s for s in chosen}
             matrix = [[(lookup.get((r, c)) or {}).get(metric) for c in col_labels] for r in row_labels]
+            attacked = {(s[row_param], s[col_param]) for s in chosen
+                        if roles.get(tuple(s[p] for p in results.params), (True, True))[0]}
+            if attack_axis == row_param and len(row_labels) > 1:
+                matrix.append([grid.worst([m for r, m in zip(row_labels, col) if (r, c) in attacked], metric)
+                               for c, col in zip(col_labels, zip(*matrix))])
+                row_labels.append(grid.WORST)
+            elif attack_axis == col_param and len(col_labels) > 1:
+                for r, row in zip(row_labels, matrix):
+                    row.append(grid.worst([m for c, m in zip(col_labels, row) if (r, c) in attacked], metric))
+                col_labels.append(grid.WORST)
             where = ", ".join(f"{names[p]}={v}" for p, v in zip(outer, key))
             title = f"{metric}{f' (mean of {seeds})' if seeds else ''}{f' at {where}' if where else ''}"
             png = plots.heatmap_figure(matrix, row_labels, col_labels, title, metric=metric,
-                                       xlabel=names[col_param], ylabel=names[row_param])
+                                       xlabel=names[col_param], ylabel=names[row_param], min_span=span,
+                                       limits=grid.bounds(metric))
             name = "-".join(["heatmap", metric, *(f"{names[p]}-{v}" for p, v in zip(outer, key))])
+            caption = (f"Brighter is better for the defender ({direction_phrase(metric)}); grey cells were not run "
+                       f"or did not report the metric. The colour scale spans at least {fmt(span)}"
+                       + (" (four standard errors of a mean over seeds, or a tenth of the metric's range) so seed "
+                          "noise does not look like an effect." if span else "."))
+            if grid.WORST in row_labels or grid.WORST in col_labels:
+                caption += (f" The '{grid.WORST}' entry is each defense's worst value over the attacks "
+                            "(a defense is as good as its worst attack).")
+            if metric == grid.DROP_VS_UNDEFENDED:
+                caption += (" Drop against the clean accuracy of the setting with neither attack nor defense, so a "
+                            "defense that costs accuracy without attackers is not mistaken for a robust one.")
             figures.append(save_figure(sweep_dir, name, png,
                                        f"{metric} by {names[row_param]} and {names[col_param]}{f' ({where})' if where else ''}",
-                                       f"Brighter is better for the defender ({direction_phrase(metric)}); grey cells were not run "
-                                       "or did not report the metric."))
+                                       caption))
     return figures
 
 
@@ -304,7 +332,7 @@ def sweep_context(sweep_dir: Path, x: str | None = None, y: str | None = None) -
                                      _tradeoff_caption(px, py, seeds_used if aggregated else None, on_front, total)))
     plotted = list(dict.fromkeys(m for pair in pairs for m in pair))
     varying = [p for p in results.params if len({r[p] for r in results.rows}) > 1]
-    heatmaps = _heatmaps(sweep_dir, settings, varying, names, plotted, seeds_used if aggregated else None) if len(varying) >= 2 else []
+    heatmaps = _heatmaps(sweep_dir, results, settings, varying, names, plotted, seeds_used if aggregated else None) if len(varying) >= 2 else []
     privacy = _privacy_section(sweep_dir, results, points, varying, seeds_used if aggregated else None)
     seeds = sorted({str(r.get("seed")) for r in results.rows if r.get("seed") not in (None, "")}, key=lambda s: (len(s), s))
     toc = [("tradeoffs", "Trade-offs")] + ([("privacy", "Privacy")] if privacy else []) + ([("grid", "Grid")] if heatmaps else [])
