@@ -68,3 +68,21 @@ def test_the_checker_catches_what_a_reader_would(tmp_path):
     assert any("image did not load: gone" in p for p in problems)
     assert any("no table with header ['metric']" in p for p in problems)
     assert any("px wide in a 1280 px window" in p for p in problems)
+
+
+def test_inversion_sweep_shows_a_reconstruction_grid_per_setting_and_fits_1280px(tmp_path):
+    scenario = {
+        "name": "inv_tiny", "seed": 0, "threads": 1,
+        "task": {"dataset": "cifar10_samples", "model": {"name": "convnet", "width": 8}},
+        "federation": {"num_clients": 20, "rounds": 1, "partition": "iid"},
+        "algorithm": {"name": "fedsgd", "batch_size": 1, "lr": 0.1},
+        "attacks": [{"name": "inverting_gradients", "targets": 2, "iterations": 10, "lpips": False}],
+        "sweep": {"cases": {"defense": {"none": {"defenses": []}, "topk": {"defenses": [{"name": "topk", "fraction": 0.01}]}}}},
+    }
+    out = fllab.sweep(scenario, tmp_path / "inv")
+    page = assert_renders(out / "report.html", ["cell", "defense", "seed", "utility.accuracy"])
+    grids = [i["alt"] for i in page.images if i["alt"].endswith("(inverting_gradients)")]
+    assert grids == ["defense=none (inverting_gradients)", "defense=topk (inverting_gradients)"]
+    assert "Reconstructions" in page.headings
+    psnr = next(i for i in page.images if i["alt"] == "inversion.psnr vs utility.accuracy")
+    assert psnr["width"] > 0

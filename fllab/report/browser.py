@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 import os
+import fcntl
 import select
 import shutil
-import subprocess
+import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -37,6 +38,9 @@ _PROBE = """JSON.stringify({
   tables: Array.from(document.querySelectorAll('table')).map(t =>
     Array.from(t.querySelectorAll('thead th, tr:first-child th')).map(h => h.textContent.trim())),
   headings: Array.from(document.querySelectorAll('h1, h2, h3')).map(h => h.textContent.trim()),
+  overflowing: Array.from(document.querySelectorAll('.table-wrap')).filter(box =>
+      box.scrollWidth > box.clientWidth + 1 && box.offsetParent !== null)
+    .map(box => Array.from(box.querySelectorAll('th')).slice(0, 3).map(h => h.textContent.trim()).join(' | ')),
   scrollWidth: document.documentElement.scrollWidth,
   viewportWidth: window.innerWidth,
   text: document.body ? document.body.innerText : ''
@@ -62,6 +66,7 @@ class PageCheck:
     headings: list[str]
     scroll_width: int
     viewport_width: int
+    overflowing: list[str] = field(default_factory=list)
     text: str = field(repr=False, default="")
 
     @property
@@ -74,19 +79,44 @@ class PageCheck:
         return any(t[: len(header)] == header for t in self.tables)
 
     def problems(self, *, tables: list[list[str]] = (), fits: bool = True) -> list[str]:
-        """Everything wrong with the page: errors, broken images, a missing table, overflow."""
+        """Everything wrong with the page: errors, broken images, a missing table, a page or a
+        visible table wider than the window (tables inside closed ``<details>`` are not seen)."""
         found = [f"console error: {e}" for e in self.errors]
         found += [f"image did not load: {alt}" for alt in self.broken_images]
         found += [f"no table with header {h}; tables: {self.tables}" for h in tables if not self.has_table(h)]
         if fits and self.scroll_width > self.viewport_width:
             found.append(f"page is {self.scroll_width} px wide in a {self.viewport_width} px window")
+        if fits:
+            found += [f"table overflows its box (scrolls sideways): {h}" for h in self.overflowing]
         return found
+
+
+class _Process:
+    """The spawned browser: its exit code, and a stop that waits, then kills."""
+
+    def __init__(self, pid: int):
+        self.pid, self.code = pid, None
+
+    def poll(self) -> int | None:
+        if self.code is None:
+            done, status = os.waitpid(self.pid, os.WNOHANG)
+            if done:
+                self.code = os.waitstatus_to_exitcode(status)
+        return self.code
+
+    def stop(self, grace: float) -> None:
+        end = time.monotonic() + grace
+        while self.poll() is None and time.monotonic() < end:
+            time.sleep(0.05)
+        if self.poll() is None:
+            os.kill(self.pid, signal.SIGKILL)
+            self.code = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
 
 
 class _Pipe:
     """The DevTools protocol over Chromium's debugging pipe: numbered commands, queued events."""
 
-    def __init__(self, proc: subprocess.Popen, write_fd: int, read_fd: int, deadline: float):
+    def __init__(self, proc: _Process, write_fd: int, read_fd: int, deadline: float):
         self.proc, self.write_fd, self.read_fd, self.deadline = proc, write_fd, read_fd, deadline
         self.buffer, self.events, self.next_id = b"", [], 0
 
@@ -154,31 +184,50 @@ def _errors(events: list[dict[str, Any]]) -> list[str]:
 
 
 def check_page(path: str | Path, *, width: int = 1280, height: int = 900, timeout: float = 60.0,
-               chromium: str | None = None) -> PageCheck:
+               chromium: str | None = None, attempts: int = 2) -> PageCheck:
     """Load ``path`` (an HTML file) in headless Chromium at ``width`` x ``height`` and report what it saw.
 
-    Raises FileNotFoundError when no Chromium is installed, TimeoutError when the page does not
-    load within ``timeout`` seconds."""
+    A browser that dies before answering (it happens on a loaded machine) is started again, up to
+    ``attempts`` times in all.  Raises FileNotFoundError when no Chromium is installed,
+    TimeoutError when the page does not load within ``timeout`` seconds, RuntimeError (with the end
+    of Chromium's own log) when it keeps dying."""
     exe = chromium or find_chromium()
     if exe is None:
         raise FileNotFoundError("no chromium executable (apt-get install chromium)")
-    url = Path(path).resolve().as_uri()
+    for attempt in range(attempts):
+        try:
+            return _check_once(exe, Path(path).resolve().as_uri(), width, height, timeout)
+        except _BrowserDied:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+class _BrowserDied(RuntimeError):
+    """Chromium closed its pipe or exited before the page was checked."""
+
+
+def _check_once(exe: str, url: str, width: int, height: int, timeout: float) -> PageCheck:
     commands_r, commands_w = os.pipe()
     replies_r, replies_w = os.pipe()
-
-    def child_fds() -> None:  # Chromium reads commands on fd 3 and writes replies on fd 4
-        a, b = os.dup(commands_r), os.dup(replies_w)
-        os.dup2(a, 3)
-        os.dup2(b, 4)
-
+    # Chromium reads commands on fd 3 and writes replies on fd 4.  posix_spawn maps them there
+    # without running Python in the child (a preexec hook is unsafe once torch has started threads);
+    # the ends are first moved above 9 so that mapping one cannot overwrite the other.
+    child_in, child_out = (fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (commands_r, replies_w))
+    os.close(commands_r)
+    os.close(replies_w)
     with tempfile.TemporaryDirectory(prefix="fllab-chromium-") as profile:
-        proc = subprocess.Popen(
-            [exe, *FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}", "about:blank"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            close_fds=False, preexec_fn=child_fds)
-        os.close(commands_r)
-        os.close(replies_w)
+        log = os.open(Path(profile) / "chromium.log", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        argv = [exe, *FLAGS, f"--user-data-dir={profile}/data", f"--window-size={width},{height}", "about:blank"]
+        pid = os.posix_spawn(exe if os.path.isabs(exe) else shutil.which(exe), argv, os.environ, file_actions=[
+            (os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, log, 1), (os.POSIX_SPAWN_DUP2, log, 2),
+            (os.POSIX_SPAWN_DUP2, child_in, 3), (os.POSIX_SPAWN_DUP2, child_out, 4)])
+        for fd in (child_in, child_out, devnull):
+            os.close(fd)
+        proc = _Process(pid)
         pipe = _Pipe(proc, commands_w, replies_r, time.monotonic() + timeout)
+        loaded = False
         try:
             target = pipe.send("Target.createTarget", url="about:blank")["targetId"]
             session = pipe.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
@@ -187,6 +236,7 @@ def check_page(path: str | Path, *, width: int = 1280, height: int = 900, timeou
             pipe.send("Emulation.setDeviceMetricsOverride", session, width=width, height=height,
                       deviceScaleFactor=1, mobile=False)
             pipe.send("Page.navigate", session, url=url)
+            loaded = True
             pipe.wait_for("Page.loadEventFired")
             pipe.drain(0.3)
             probe = pipe.send("Runtime.evaluate", session, expression=_PROBE, returnByValue=True)
@@ -196,13 +246,15 @@ def check_page(path: str | Path, *, width: int = 1280, height: int = 900, timeou
                 pipe.send("Browser.close")
             except (RuntimeError, OSError):
                 pass  # already closing
+        except (OSError, RuntimeError) as err:
+            if isinstance(err, TimeoutError) or loaded:
+                raise
+            tail = (Path(profile) / "chromium.log").read_bytes()[-2000:].decode(errors="replace")
+            raise _BrowserDied(f"chromium died before loading the page ({err}); its log ends:\n{tail}") from err
         finally:
             os.close(commands_w)
             os.close(replies_r)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            proc.stop(grace=10.0)
+            os.close(log)
     return PageCheck(data["title"], _errors(pipe.events), data["images"], data["tables"], data["headings"],
-                     int(data["scrollWidth"]), int(data["viewportWidth"]), data["text"])
+                     int(data["scrollWidth"]), int(data["viewportWidth"]), data["overflowing"], data["text"])

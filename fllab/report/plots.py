@@ -379,6 +379,48 @@ def roc_figure(curves: Sequence[tuple[str, Any, Any]], title: str) -> bytes:
     return _png((6.4, 4.8), draw)
 
 
+def score_histogram_figure(score: Any, is_member: Any, title: str) -> bytes:
+    """Membership scores of members and non-members as overlaid histograms on shared bins
+    (densities, so unequal pool sizes compare): two humps apart mean the attack separates them,
+    one hump means it guesses.  Infinite scores are clipped to the finite range."""
+    score = np.asarray(score, dtype=float)
+    member = np.asarray(is_member, dtype=bool)
+    finite = score[np.isfinite(score)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    clipped = np.clip(np.nan_to_num(score, nan=low, posinf=high, neginf=low), low, high)
+    bins = np.linspace(low, high if high > low else low + 1, 41)
+
+    def draw(fig: Figure) -> None:
+        ax = fig.subplots()
+        for mask, label, colour in ((~member, "non-members", MUTED), (member, "members", ACCENT)):
+            if mask.any():
+                ax.hist(clipped[mask], bins=bins, density=True, alpha=0.55, color=colour,
+                        label=f"{label} ({int(mask.sum())})", edgecolor="white", linewidth=0.4)
+        ax.set_xlabel("membership score (higher = more likely a member)")
+        ax.set_ylabel("density")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+
+    return _png((6.0, 3.6), draw)
+
+
+def image_row_figure(images: Sequence[bytes], labels: Sequence[str], title: str) -> bytes:
+    """PNG images (e.g. an attack's original/reconstruction pairs) side by side, each labelled."""
+    from matplotlib.image import imread
+
+    decoded = [imread(io.BytesIO(blob), format="png") for blob in images]
+
+    def draw(fig: Figure) -> None:
+        axes = fig.subplots(1, max(len(decoded), 1), squeeze=False).ravel()
+        for ax, image, label in zip(axes, decoded, labels):
+            ax.imshow(image, interpolation="nearest")
+            ax.set_title(label, fontsize=8, fontweight="normal")
+            ax.axis("off")
+        fig.suptitle(title, fontsize=9, fontweight="bold")
+
+    return _png((1.6 * max(len(decoded), 1) + 0.4, 2.6), draw)
+
+
 #: marker of each audited epsilon lower bound drawn beside the accounted epsilon (hollow).
 _BOUND_MARKERS = dict(zip(AUDITED_EPSILONS, "s^v<>"))
 

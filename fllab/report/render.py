@@ -135,6 +135,17 @@ def roc_figure(run: RunData, name: str) -> FigureRef | None:
                        "both axes logarithmic (the low-FPR corner is what matters); the dotted diagonal is guessing.")
 
 
+def score_histogram(run: RunData, name: str) -> FigureRef | None:
+    """Histogram of the member and non-member scores an attack saved, if it saved both kinds."""
+    scores = run.scores.get(name)
+    if scores is None or scores.is_member.all() or not scores.is_member.any():
+        return None
+    png = plots.score_histogram_figure(scores.score, scores.is_member, f"{name}: score distributions")
+    return save_figure(run.path, f"scores-{name}", png, f"{name}: member and non-member scores",
+                       "Densities of the attack's per-record scores on shared bins: the further apart the two "
+                       "histograms, the better the attack tells members from non-members; overlapping ones mean guessing.")
+
+
 def privacy_section(run: RunData) -> dict[str, Any] | None:
     """The accounted epsilon beside every audited lower bound (per attack, from ``attacks.json``,
     else from the summary), with what the pair says about the run; None when there is neither."""
@@ -215,7 +226,8 @@ def attack_sections(run: RunData, threat: dict[str, Any] | None = None) -> list[
             blurb=FAMILY_BLURBS.get(family or "", ""),
             metrics=metrics_table(metrics, family) if metrics else None,
             table=records_table(rows) if rows else None,
-            figures=[f for f in (roc_figure(run, name),) if f is not None] + _attack_figures(run, name),
+            figures=[f for f in (roc_figure(run, name), score_histogram(run, name)) if f is not None]
+            + _attack_figures(run, name),
         ))
     return sections
 

@@ -26,7 +26,7 @@ from .output import FigureRef, save_figure, write_report
 from .aggregate import settings as seed_settings, several_seeds
 from .pareto import pareto_front
 from .results import AGGREGATE, DEFINITION, RESULTS, SweepResults, load_results
-from .rundir import attack_scores, defense_names
+from .rundir import ARTEFACTS, attack_scores, defense_names
 from .tables import Table, fmt, fmt_spread, records_table, short_names
 from ..errors import ConfigError
 
@@ -280,6 +280,39 @@ def _privacy_section(sweep_dir: Path, results: SweepResults, points: list[dict[s
     return {"figures": figures, "table": table}
 
 
+#: reconstruction images an inversion attack saves: ``reconstruction.png`` or ``<target>_reconstruction.png``
+RECONSTRUCTION_GLOB = "*reconstruction*.png"
+#: at most this many targets per setting in the sweep's reconstruction grid
+MAX_TARGETS = 6
+
+
+def reconstructions(sweep_dir: Path, results: SweepResults, varying: list[str], names: dict[str, str]) -> list[FigureRef]:
+    """One reconstruction grid per parameter setting and inversion attack (its first cell that saved
+    images; up to :data:`MAX_TARGETS` targets side by side, each original above its
+    reconstruction): what readers of an inversion sweep look at first."""
+    figures, seen = [], set()
+    for row in results.rows:
+        key = tuple(row[p] for p in results.params)
+        folder = _cell_dir(sweep_dir, row)
+        if key in seen or folder is None or not (folder / ARTEFACTS).is_dir():
+            continue
+        by_attack: dict[str, list[Path]] = {}
+        for path in sorted((folder / ARTEFACTS).glob(f"*/{RECONSTRUCTION_GLOB}")):
+            by_attack.setdefault(path.parent.name, []).append(path)
+        if not by_attack:
+            continue
+        seen.add(key)
+        setting = ", ".join(f"{names[p]}={row[p]}" for p in varying) or str(row.get("cell"))
+        for attack, paths in by_attack.items():
+            shown = paths[:MAX_TARGETS]
+            labels = [p.stem.removesuffix("reconstruction").rstrip("_-") or "target" for p in shown]
+            png = plots.image_row_figure([p.read_bytes() for p in shown], labels, f"{setting}: {attack}")
+            figures.append(save_figure(sweep_dir, f"reconstructions-{attack}-{setting}", png, f"{setting} ({attack})",
+                                       f"{len(shown)} of {len(paths)} targets of cell {row.get('cell')} (seed {row.get('seed')}): "
+                                       "each original above the attacker's reconstruction."))
+    return figures
+
+
 def _no_tradeoff_reason(results: SweepResults) -> str:
     if not any(m.startswith("utility.") for m in results.metrics):
         return "the results have no utility metric"
@@ -335,7 +368,9 @@ def sweep_context(sweep_dir: Path, x: str | None = None, y: str | None = None) -
     heatmaps = _heatmaps(sweep_dir, results, settings, varying, names, plotted, seeds_used if aggregated else None) if len(varying) >= 2 else []
     privacy = _privacy_section(sweep_dir, results, points, varying, seeds_used if aggregated else None)
     seeds = sorted({str(r.get("seed")) for r in results.rows if r.get("seed") not in (None, "")}, key=lambda s: (len(s), s))
-    toc = [("tradeoffs", "Trade-offs")] + ([("privacy", "Privacy")] if privacy else []) + ([("grid", "Grid")] if heatmaps else [])
+    recon = reconstructions(sweep_dir, results, varying, names)
+    toc = [("tradeoffs", "Trade-offs")] + ([("reconstructions", "Reconstructions")] if recon else [])
+    toc += ([("privacy", "Privacy")] if privacy else []) + ([("grid", "Grid")] if heatmaps else [])
     toc += ([("settings", "Settings")] if aggregated else []) + [("cells", "All cells")]
     definition = sweep_dir / DEFINITION
     definition_text = definition.read_text(encoding="utf-8") if definition.is_file() else None
@@ -357,6 +392,7 @@ def sweep_context(sweep_dir: Path, x: str | None = None, y: str | None = None) -
         "no_tradeoff_reason": None if pairs else _no_tradeoff_reason(results),
         "heatmaps": heatmaps,
         "privacy": privacy,
+        "reconstructions": recon,
         "settings": _points_table(settings, results, names, labels, True, sweep_dir) if aggregated else None,
         "cells_table": _points_table(results.rows, results, names, None if aggregated else labels, False, sweep_dir),
     }
