@@ -85,3 +85,13 @@ def test_psnr_is_read_in_db_against_the_random_guess(tmp_path):
     figures = sorted(p.name for p in (tmp_path / "figures").iterdir())
     # the random guess is a reference line, not a trade-off of its own
     assert figures == ["tradeoff-utility-accuracy-inversion-psnr.png"]
+
+
+def test_without_cell_configs_the_no_attack_label_is_left_out_of_the_worst_case():
+    params = ["param:attack", "param:defense"]
+    assert not grid.is_attacked({"param:attack": "none", "param:defense": "krum"}, params, {}, "param:attack")
+    assert grid.is_attacked({"param:attack": "alie", "param:defense": "krum"}, params, {}, "param:attack")
+    assert grid.is_attacked({"param:attack": "none", "param:defense": "krum"}, params,
+                            {("none", "krum"): (True, True)}, "param:attack")  # the config wins over the label
+    assert grid.axis_role("param:attacks.0.name") == "attack" and grid.axis_role("param:aggregator.name") == "defense"
+    assert grid.axis_role("param:algorithm.name") == "defense" and grid.axis_role("param:algorithm.lr") is None

@@ -41,7 +41,7 @@ def axis_role(param: str) -> str | None:
     name = param.removeprefix("param:").lower()
     if "attack" in name:
         return "attack"
-    if any(word in name for word in ("defen", "aggregator", "algorithm")):
+    if any(word in name for word in ("defen", "aggregator")) or name in ("algorithm", "algorithm.name"):
         return "defense"
     return None
 
@@ -59,6 +59,19 @@ def setting_roles(sweep_dir: Path, rows: list[dict[str, Any]], params: list[str]
         threat = threat_summary(parse_config(path.read_text(encoding="utf-8")), {}, None)
         roles[key] = (threat["attacked"] != ["none"], threat["defended"] != ["none"])
     return roles
+
+
+#: attack-axis labels that mean "no attack" when a setting's config cannot be read
+NO_ATTACK_LABELS = {"none", "no_attack", "clean", "benign", "[]"}
+
+
+def is_attacked(setting: dict[str, Any], params: list[str], roles: dict[tuple, tuple[bool, bool]],
+                attack_axis: str | None) -> bool:
+    """Whether a setting has attackers: from its config when read, else from its attack-axis label."""
+    role = roles.get(tuple(setting[p] for p in params))
+    if role is not None:
+        return role[0]
+    return attack_axis is None or str(setting.get(attack_axis, "")).strip().lower() not in NO_ATTACK_LABELS
 
 
 def add_drop_vs_undefended(settings: list[dict[str, Any]], params: list[str], roles: dict[tuple, tuple[bool, bool]],

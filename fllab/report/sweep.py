@@ -184,8 +184,7 @@ def _heatmaps(sweep_dir: Path, results: SweepResults, settings: list[dict[str, A
             col_labels = list(dict.fromkeys(s[col_param] for s in chosen))
             lookup = {(s[row_param], s[col_param]): s for s in chosen}
             matrix = [[(lookup.get((r, c)) or {}).get(metric) for c in col_labels] for r in row_labels]
-            attacked = {(s[row_param], s[col_param]) for s in chosen
-                        if roles.get(tuple(s[p] for p in results.params), (True, True))[0]}
+            attacked = {(s[row_param], s[col_param]) for s in chosen if grid.is_attacked(s, results.params, roles, attack_axis)}
             if attack_axis == row_param and len(row_labels) > 1:
                 matrix.append([grid.worst([m for r, m in zip(row_labels, col) if (r, c) in attacked], metric)
                                for c, col in zip(col_labels, zip(*matrix))])
