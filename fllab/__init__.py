@@ -66,6 +66,32 @@ def sweep(scenario: Any, out: Any = None, *, overrides: Sequence[str] = (), quie
     return run_sweep(data, out, quiet=quiet)[0]
 
 
+def validate(scenario: Any, *, overrides: Sequence[str] = (), data: bool = True) -> dict[str, Any]:
+    """Check a scenario without training, like ``fllab validate``: schema, components,
+    capabilities, every sweep cell, and (``data=True``) the data and partition of the first cell.
+    Returns ``{"cells", "skipped": [{"cell", "reason"}], "resolved"}``; a refused scenario raises
+    :class:`ConfigError`."""
+    from .runner import resolve_cells
+
+    cells = resolve_cells(_scenario_data(scenario, overrides))
+    setups = [s for *_, s in cells if not isinstance(s, str)]
+    skipped = [{"cell": values, "reason": s} for _, values, _, s in cells if isinstance(s, str)]
+    if not setups:
+        raise ConfigError(f"every one of the {len(cells)} sweep cells is refused; first: {skipped[0]['reason']}", "sweep")
+    if data:
+        from .training.engine import Engine
+
+        Engine(setups[0]).prepare()
+    return {"cells": len(cells), "skipped": skipped, "resolved": setups[0].resolved}
+
+
+def describe(name: str) -> dict[str, Any]:
+    """A registered component's parameters, threat model and references, like ``fllab describe``."""
+    from .cli import describe_component
+
+    return describe_component(name)
+
+
 def build_report(directory: Any):
     """Rebuild ``report.md`` and ``report.html`` of a run or sweep directory, like ``fllab report``;
     return their paths.  (Not ``fllab.report``: that name is the report package.)"""
@@ -90,6 +116,6 @@ def load_results(path: Any, *, aggregate: bool = False):
 
 
 __all__ = [
-    "__version__", "run", "sweep", "build_report", "load_results", "load_scenario", "load_raw", "Params", "NoParams", "ConfigError", "CapabilityError",
+    "__version__", "run", "sweep", "validate", "describe", "build_report", "load_results", "load_scenario", "load_raw", "Params", "NoParams", "ConfigError", "CapabilityError",
     "FllabError", "AGGREGATORS", "ALGORITHMS", "ATTACKS", "DATASETS", "DEFENSES", "EXECUTORS", "MODELS", "PARTITIONS",
 ]

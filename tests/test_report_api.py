@@ -60,3 +60,15 @@ def test_the_notebook_style_example_runs(monkeypatch, capsys):
     runpy.run_path(str(Path(__file__).resolve().parents[1] / "examples" / "python_api.py"), run_name="__main__")
     out = capsys.readouterr().out
     assert "accuracy lost to sign_flip" in out and "report.html" in out
+
+
+def test_validate_and_describe_like_the_cli(tiny):
+    tiny["sweep"] = {"grid": {"algorithm.lr": [0.1, 0.2]}, "seeds": [0, 1]}
+    checked = fllab.validate(tiny, data=False)
+    assert checked["cells"] == 4 and checked["skipped"] == [] and checked["resolved"]["algorithm"]["name"] == "fedavg"
+    tiny["aggregator"] = {"name": "krum", "f": 3}
+    del tiny["sweep"]
+    with pytest.raises(ConfigError, match="krum"):
+        fllab.validate(tiny, data=False)
+    info = fllab.describe("krum")
+    assert info["kind"] == "aggregator" and "f" in info["params"]
