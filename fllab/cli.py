@@ -43,6 +43,7 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 set_option = click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE", help="override a scenario value, e.g. --set federation.rounds=5")
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="no progress output on stderr")
+track_option = click.option("--track", metavar="BACKENDS", help="log to mlflow and/or tensorboard, e.g. --track mlflow,tensorboard (needs fllab[tracking])")
 json_option = click.option("--json", "as_json", is_flag=True, help="print machine-readable JSON on stdout")
 
 
@@ -58,14 +59,16 @@ def main() -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="run directory (default runs/NAME-TIME)")
 @click.option("--overwrite", is_flag=True, help="replace an existing run directory")
 @quiet_option
+@track_option
 @json_option
 @guarded
-def run(scenario: Path, overrides: tuple[str, ...], out: Path | None, overwrite: bool, quiet: bool, as_json: bool) -> None:
+def run(scenario: Path, overrides: tuple[str, ...], out: Path | None, overwrite: bool, quiet: bool, track: str | None,
+        as_json: bool) -> None:
     """Run SCENARIO and write its run directory (a scenario with a sweep block runs the sweep)."""
     from .runner import has_sweep, run_scenario, run_sweep
     from .scenario.loader import load_raw
 
-    data = load_raw(scenario, overrides)
+    data = with_tracking(load_raw(scenario, overrides), track)
     if has_sweep(data):
         _report_sweep(*run_sweep(data, out, quiet=quiet), as_json=as_json)
         return
@@ -76,6 +79,19 @@ def run(scenario: Path, overrides: tuple[str, ...], out: Path | None, overwrite:
         click.echo(f"{summary['name']}: {summary['status']} -> {run_dir}")
         for key, value in summary["metrics"].items():
             click.echo(f"  {key:40s} {value:.4f}" if isinstance(value, float) else f"  {key:40s} {value}")
+
+
+def with_tracking(data: dict[str, Any], track: str | None) -> dict[str, Any]:
+    """``data`` with the backends of ``--track`` added to its ``tracking`` block."""
+    if not track:
+        return data
+    from .tracking import from_flag
+
+    try:
+        backends = from_flag(track)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return {**data, "tracking": {**(data.get("tracking") or {}), **backends}}
 
 
 def _report_sweep(sweep_dir: Path, ran: int, total: int, *, as_json: bool) -> None:
@@ -90,14 +106,15 @@ def _report_sweep(sweep_dir: Path, ran: int, total: int, *, as_json: bool) -> No
 @set_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="sweep directory (default runs/NAME-sweep)")
 @quiet_option
+@track_option
 @json_option
 @guarded
-def sweep(scenario: Path, overrides: tuple[str, ...], out: Path | None, quiet: bool, as_json: bool) -> None:
+def sweep(scenario: Path, overrides: tuple[str, ...], out: Path | None, quiet: bool, track: str | None, as_json: bool) -> None:
     """Run every cell of SCENARIO's sweep grid; finished cells are skipped on a re-run."""
     from .runner import run_sweep
     from .scenario.loader import load_raw
 
-    data = load_raw(scenario, overrides)
+    data = with_tracking(load_raw(scenario, overrides), track)
     if not data.get("sweep"):
         raise ConfigError("the scenario has no sweep block; add sweep: {grid: {...}, seeds: [...]} or use fllab run", "sweep")
     _report_sweep(*run_sweep(data, out, quiet=quiet), as_json=as_json)

@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterator
 import torch
 import yaml
 
-from . import __version__
+from . import __version__, tracking
 from .errors import ConfigError
 from .io import append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_text, atomic_write_yaml
 from .scenario.build import Setup, resolve
@@ -198,13 +198,18 @@ def execute(
             else:
                 twin = baseline(setup)
             t0 += time.perf_counter() - started  # the twin's training is not this run's time
+        tracker = tracking.from_config(sc.tracking, sc.name)
         atomic_write_yaml(partial / "config.resolved.yaml", setup.resolved)
         atomic_write_json(partial / "env.json", env_info(setup, device))
         bar = Progress(sc.federation.rounds, sc.name, quiet)
         rounds_path = partial / "rounds.jsonl"
+        if tracker:
+            tracker.on_start(partial, setup.resolved)
 
         def on_round(record: dict[str, Any]) -> None:
             append_jsonl(rounds_path, record)
+            if tracker:
+                tracker.on_round(record)
             if "test_accuracy" in record:
                 bar.note(acc=record["test_accuracy"])
 
@@ -234,6 +239,8 @@ def execute(
         from .report import build_report
 
         build_report(partial)
+    if tracker:
+        tracker.on_finish(partial, summary)
     os.replace(partial, out)
     return summary
 
@@ -280,6 +287,9 @@ def write_results_csv(sweep_dir: Path, cells: list[tuple[str, dict[str, Any], in
              *[summary["metrics"].get(m, "") for m in metric_cols]]
         )
     atomic_write_text(sweep_dir / "results.csv", buf.getvalue())
+    from .report.aggregate import write_aggregate
+
+    write_aggregate(sweep_dir)  # aggregate.csv: mean, std and 95% CI per setting when seeds repeat
     return len(rows)
 
 

@@ -27,6 +27,7 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "privacy.epsilon_lower_bound_one_run": False,
     "poisoning.backdoor_success_rate": False,
     "poisoning.accuracy_drop": False,
+    "poisoning.accuracy_drop_vs_undefended": False,
     "poisoning.detection_precision": True,
     "poisoning.detection_recall": True,
     "run.seconds": False,
@@ -51,6 +52,7 @@ DESCRIPTIONS: dict[str, str] = {
     "privacy.epsilon_lower_bound_one_run": "empirical epsilon lower bound from the one-run canary audit (Steinke et al. 2023)",
     "poisoning.backdoor_success_rate": "fraction of triggered test inputs classified as the target",
     "poisoning.accuracy_drop": "clean accuracy lost to the poisoning attack",
+    "poisoning.accuracy_drop_vs_undefended": "accuracy below the clean, undefended model's (what attack and defense cost together)",
     "poisoning.detection_precision": "precision of the server's malicious-client detection",
     "poisoning.detection_recall": "recall of the server's malicious-client detection",
     "run.seconds": "wall-clock time of the run (s)",
@@ -74,6 +76,21 @@ FAMILY_BLURBS: dict[str, str] = {
     "audit": "An auditor inserts a random half of its canaries into a client's data and guesses which ones the "
     "final model saw. The right guesses give an epsilon lower bound that must stay below the accounted epsilon.",
 }
+
+
+#: units shown on axes and colour bars
+UNITS: dict[str, str] = {"inversion.psnr": "dB", "inversion.psnr_random_guess": "dB", "run.seconds": "s"}
+
+#: metric -> the no-information reference it is read against (drawn as a line beside it, never
+#: plotted as a trade-off of its own)
+REFERENCES: dict[str, str] = {"inversion.psnr": "inversion.psnr_random_guess"}
+REFERENCE_LABELS: dict[str, str] = {"inversion.psnr_random_guess": "random guess"}
+
+
+def with_unit(metric: str) -> str:
+    """``inversion.psnr [dB]``; the bare name for a metric without a unit."""
+    unit = UNITS.get(metric)
+    return f"{metric} [{unit}]" if unit else metric
 
 
 def known_direction(metric: str) -> bool | None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from markupsafe import Markup, escape
 
 from ..io import atomic_write_bytes, atomic_write_text
 
@@ -39,6 +40,12 @@ class FigureRef:
     def data_uri(self) -> str:
         mime = _MIME[Path(self.rel).suffix.lower()]
         return f"data:{mime};base64,{base64.b64encode(self.data).decode('ascii')}"
+
+
+def breakable(text: Any) -> Markup:
+    """HTML of a (dotted) name with a line-break opportunity after each ``.`` and ``_``, so that
+    long metric names wrap inside a table header instead of widening the table."""
+    return Markup("<wbr>").join(escape(part) for part in re.split(r"(?<=[._])", str(text)))
 
 
 def slug(text: str) -> str:
@@ -83,6 +90,7 @@ def _environment(html: bool) -> jinja2.Environment:
     env.filters["md_cell"] = _md_cell
     env.filters["md_fence"] = _md_fence
     env.filters["slug"] = slug
+    env.filters["breakable"] = breakable
     env.filters["url"] = lambda path: quote(str(path), safe="/")
     return env
 

@@ -16,7 +16,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 
-from .directions import AUDITED_EPSILONS, direction_phrase, higher_is_better, known_direction
+from .directions import (
+    AUDITED_EPSILONS, REFERENCE_LABELS, REFERENCES, UNITS, direction_phrase, higher_is_better, known_direction, with_unit,
+)
 from .pareto import pareto_front
 from .tables import as_number, fmt, short_names
 
@@ -71,11 +73,13 @@ def extra_series_keys(rounds: Sequence[Mapping[str, Any]]) -> list[str]:
     return [k for k in keys if _series(rounds, k)[0]][:_MAX_EXTRA_SERIES]
 
 
-def curves_figure(rounds: Sequence[Mapping[str, Any]]) -> bytes | None:
+def curves_figure(rounds: Sequence[Mapping[str, Any]], reference: Sequence[Mapping[str, Any]] = (),
+                  reference_label: str = "reference") -> bytes | None:
     """Test accuracy, train/test loss and any extra numeric series against the round number.
 
     Rounds without evaluation simply have no accuracy/test-loss point; a panel with no data at all
-    is left out, and with no numeric series at all there is no figure (None).
+    is left out, and with no numeric series at all there is no figure (None).  ``reference`` rounds
+    (e.g. the no-attack twin's) are overlaid as dashed grey lines on the panels they share.
     """
     panels: list[tuple[str, list[tuple[str, str]]]] = []
     if _series(rounds, "test_accuracy")[0]:
@@ -92,14 +96,20 @@ def curves_figure(rounds: Sequence[Mapping[str, Any]]) -> bytes | None:
     def draw(fig: Figure) -> None:
         axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
         for ax, (title, series) in zip(axes, panels):
+            overlaid = False
             for key, label in series:
                 xs, ys = _series(rounds, key)
-                ax.plot(xs, ys, marker="o" if len(xs) <= 30 else None, markersize=3, linewidth=1.6, label=label)
+                line = ax.plot(xs, ys, marker="o" if len(xs) <= 30 else None, markersize=3, linewidth=1.6, label=label)
+                rx, ry = _series(reference, key)
+                if rx:
+                    ax.plot(rx, ry, linestyle="--", linewidth=1.3, color=line[0].get_color(), alpha=0.55,
+                            label=f"{label}, {reference_label}")
+                    overlaid = True
             ax.set_title(title)
             ax.set_xlabel("round")
             ax.xaxis.get_major_locator().set_params(integer=True)
-            if len(series) > 1:
-                ax.legend()
+            if len(series) > 1 or overlaid:
+                ax.legend(fontsize=7)
         for ax in axes[len(panels):]:
             ax.set_visible(False)
 
@@ -163,7 +173,18 @@ def _better_arrow(x: str, y: str) -> str:
 
 
 def _axis_label(metric: str) -> str:
-    return f"{metric}  ({direction_phrase(metric)})"
+    return f"{with_unit(metric)}  ({direction_phrase(metric)})"
+
+
+def reference_value(rows: Sequence[Mapping[str, Any]], metric: str) -> tuple[str, float] | None:
+    """``(label, mean)`` of ``metric``'s no-information reference over the rows that carry it
+    (e.g. the random-guess PSNR for ``inversion.psnr``), None when there is none."""
+    ref = REFERENCES.get(metric)
+    values = [v for row in rows if ref and (v := as_number(row.get(ref))) is not None and math.isfinite(v)]
+    if not values:
+        return None
+    mean = float(np.mean(values))
+    return f"{REFERENCE_LABELS.get(ref, ref)} ({fmt(mean)}{' ' + UNITS[ref] if ref in UNITS else ''})", mean
 
 
 #: label positions tried around a point: (x offset, y offset) in points, horizontal and vertical anchor
@@ -206,12 +227,18 @@ def _place_labels(fig: Figure, ax: Any, labels: list[tuple[str, float, float, bo
         taken.append(box)
 
 
+def ci95(row: Mapping[str, Any], metric: str) -> float:
+    """Half-width of the 95% confidence interval a row carries for ``metric`` (0 when it has none)."""
+    value = as_number(row.get(f"{metric}:ci95"))
+    return value if value is not None and math.isfinite(value) else 0.0
+
+
 def tradeoff_figure(rows: Sequence[Mapping[str, Any]], x: str, y: str, label_keys: Sequence[str] = ()) -> bytes:
     """Scatter of metric ``y`` against metric ``x`` with the Pareto front marked.
 
     Better directions come from :data:`~fllab.report.directions.HIGHER_IS_BETTER` (unknown metrics
-    are assumed higher-is-better, and the axis label says so).  A row may carry ``"<metric>:std"``
-    to draw an error bar (seed spread).  Points are labelled with their ``label_keys`` values, named
+    are assumed higher-is-better, and the axis label says so).  A row may carry ``"<metric>:ci95"``
+    (the half-width of the 95% confidence interval of a mean over seeds) to draw an error bar.  Points are labelled with their ``label_keys`` values, named
     once in the legend title (all points when few, only the front when crowded).
     """
     points = [(row, as_number(row.get(x)), as_number(row.get(y))) for row in rows]
@@ -230,13 +257,17 @@ def tradeoff_figure(rows: Sequence[Mapping[str, Any]], x: str, y: str, label_key
                 continue
             xs = [p[1] for p in chosen]
             ys = [p[2] for p in chosen]
-            xerr = [as_number(p[0].get(f"{x}:std")) or 0.0 for p in chosen]
-            yerr = [as_number(p[0].get(f"{y}:std")) or 0.0 for p in chosen]
+            xerr = [ci95(p[0], x) for p in chosen]
+            yerr = [ci95(p[0], y) for p in chosen]
             colour = FRONT if on_front else MUTED
             if any(xerr) or any(yerr):
                 ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt="none", ecolor=colour, alpha=0.6, linewidth=1)
             ax.scatter(xs, ys, s=46 if on_front else 30, color=colour, zorder=3, edgecolors="white", linewidths=0.6,
                        label=f"Pareto front ({len(chosen)})" if on_front else f"dominated ({len(chosen)})")
+        for metric, line in ((x, ax.axvline), (y, ax.axhline)):
+            reference = reference_value([row for row, _, _ in points], metric)
+            if reference is not None:
+                line(reference[1], linestyle="--", linewidth=1, color="#6b7780", label=reference[0], zorder=1)
         ordered = sorted((points[i][1], points[i][2]) for i in front)
         if len(ordered) > 1:
             ax.plot(*zip(*ordered), color=FRONT, linewidth=1.2, alpha=0.8, zorder=2)
@@ -262,11 +293,14 @@ def tradeoff_figure(rows: Sequence[Mapping[str, Any]], x: str, y: str, label_key
 
 
 def heatmap_figure(matrix: Sequence[Sequence[float | None]], row_labels: Sequence[str], col_labels: Sequence[str],
-                   title: str, *, metric: str | None = None, xlabel: str = "", ylabel: str = "") -> bytes:
+                   title: str, *, metric: str | None = None, xlabel: str = "", ylabel: str = "",
+                   min_span: float = 0.0, limits: tuple[float, float] | None = None) -> bytes:
     """Annotated heat-map (e.g. attack x defense); missing cells are grey.
 
     With ``metric`` given, the colour scale runs so that brighter is better for the defender and
-    the colour bar names the direction.
+    the colour bar names the direction.  The colour range spans at least ``min_span`` (centred on
+    the data, shifted to stay within ``limits`` when given), so that differences smaller than that
+    (seed noise) do not fill the whole scale.
     """
     values = np.array([[np.nan if (v := as_number(c)) is None else v for c in row] for row in matrix], dtype=float)
     if values.shape != (len(row_labels), len(col_labels)):
@@ -275,6 +309,12 @@ def heatmap_figure(matrix: Sequence[Sequence[float | None]], row_labels: Sequenc
     cmap = matplotlib.colormaps["viridis_r" if reverse else "viridis"].with_extremes(bad="#e6e9ed")
     finite = values[np.isfinite(values)]
     low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if high - low < min_span:
+        middle = (low + high) / 2
+        low, high = middle - min_span / 2, middle + min_span / 2
+        if limits is not None:
+            shift = max(limits[0] - low, 0.0) - max(high - limits[1], 0.0)
+            low, high = max(low + shift, limits[0]), min(high + shift, limits[1])
     width = min(max(4.5, 0.9 * len(col_labels) + 2.5), 14.0)
     height = min(max(3.0, 0.45 * len(row_labels) + 1.8), 12.0)
 
@@ -297,7 +337,7 @@ def heatmap_figure(matrix: Sequence[Sequence[float | None]], row_labels: Sequenc
             ax.text(c, r, fmt(float(v)), ha="center", va="center", color=ink, fontsize=8)
         bar = fig.colorbar(image, ax=ax, shrink=0.9)
         if metric is not None:
-            bar.set_label(f"{metric} ({direction_phrase(metric)})")
+            bar.set_label(f"{with_unit(metric)} ({direction_phrase(metric)})")
 
     return _png((width, height), draw)
 
@@ -339,6 +379,48 @@ def roc_figure(curves: Sequence[tuple[str, Any, Any]], title: str) -> bytes:
     return _png((6.4, 4.8), draw)
 
 
+def score_histogram_figure(score: Any, is_member: Any, title: str) -> bytes:
+    """Membership scores of members and non-members as overlaid histograms on shared bins
+    (densities, so unequal pool sizes compare): two humps apart mean the attack separates them,
+    one hump means it guesses.  Infinite scores are clipped to the finite range."""
+    score = np.asarray(score, dtype=float)
+    member = np.asarray(is_member, dtype=bool)
+    finite = score[np.isfinite(score)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    clipped = np.clip(np.nan_to_num(score, nan=low, posinf=high, neginf=low), low, high)
+    bins = np.linspace(low, high if high > low else low + 1, 41)
+
+    def draw(fig: Figure) -> None:
+        ax = fig.subplots()
+        for mask, label, colour in ((~member, "non-members", MUTED), (member, "members", ACCENT)):
+            if mask.any():
+                ax.hist(clipped[mask], bins=bins, density=True, alpha=0.55, color=colour,
+                        label=f"{label} ({int(mask.sum())})", edgecolor="white", linewidth=0.4)
+        ax.set_xlabel("membership score (higher = more likely a member)")
+        ax.set_ylabel("density")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+
+    return _png((6.0, 3.6), draw)
+
+
+def image_row_figure(images: Sequence[bytes], labels: Sequence[str], title: str) -> bytes:
+    """PNG images (e.g. an attack's original/reconstruction pairs) side by side, each labelled."""
+    from matplotlib.image import imread
+
+    decoded = [imread(io.BytesIO(blob), format="png") for blob in images]
+
+    def draw(fig: Figure) -> None:
+        axes = fig.subplots(1, max(len(decoded), 1), squeeze=False).ravel()
+        for ax, image, label in zip(axes, decoded, labels):
+            ax.imshow(image, interpolation="nearest")
+            ax.set_title(label, fontsize=8, fontweight="normal")
+            ax.axis("off")
+        fig.suptitle(title, fontsize=9, fontweight="bold")
+
+    return _png((1.6 * max(len(decoded), 1) + 0.4, 2.6), draw)
+
+
 #: marker of each audited epsilon lower bound drawn beside the accounted epsilon (hollow).
 _BOUND_MARKERS = dict(zip(AUDITED_EPSILONS, "s^v<>"))
 
@@ -346,7 +428,8 @@ _BOUND_MARKERS = dict(zip(AUDITED_EPSILONS, "s^v<>"))
 def privacy_utility_figure(points: Sequence[Mapping[str, Any]], series_key: str, label_key: str,
                            x_metrics: Sequence[str], y: str = "utility.accuracy") -> bytes:
     """Test accuracy against each privacy quantity in ``x_metrics``, one panel each, one line per
-    series (e.g. per defense, its points ordered along x).
+    series (e.g. per defense, its points ordered along x); a point carrying ``"<metric>:ci95"`` gets
+    95%-confidence error bars.
 
     On the ``privacy.epsilon`` panel each point is the accounted epsilon (filled) with its audited
     lower bounds (hollow, :data:`~fllab.report.directions.AUDITED_EPSILONS`) at the same accuracy,
@@ -371,6 +454,10 @@ def privacy_utility_figure(points: Sequence[Mapping[str, Any]], series_key: str,
                 if placed:
                     ax.plot([q[0] for q in placed], [q[1] for q in placed], marker="o", linewidth=1.4, markersize=5,
                             color=colours[name], label=name or "—")
+                    xerr, yerr = [ci95(q[2], x) for q in placed], [ci95(q[2], y) for q in placed]
+                    if any(xerr) or any(yerr):
+                        ax.errorbar([q[0] for q in placed], [q[1] for q in placed], xerr=xerr, yerr=yerr, fmt="none",
+                                    ecolor=colours[name], alpha=0.5, linewidth=1)
                     for xv, yv, p in placed:
                         ax.annotate(str(p.get(label_key) or ""), (xv, yv), xytext=(4, 4), textcoords="offset points",
                                     fontsize=6, color="#3b4752")

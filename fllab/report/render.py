@@ -6,6 +6,7 @@ embeds every image as a data URI and carries its own CSS, so it is one self-cont
 """
 from __future__ import annotations
 
+import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,9 @@ from typing import Any
 from . import plots
 from .directions import AUDITED_EPSILONS, FAMILY_BLURBS
 from .output import IMAGE_SUFFIXES, FigureRef, existing_figure, save_figure, slug, write_report
-from .rundir import ARTEFACTS, RECONSTRUCTION, RunData, load_run
+from .rundir import ARTEFACTS, RECONSTRUCTION, ROUNDS, RunData, load_run
+from .threat import parse_config, threat_summary
+from ..io import read_jsonl
 from .tables import Table, as_number, flatten, fmt, metrics_table, records_table
 
 _FAMILY_ORDER = ["utility", "inversion", "membership", "poisoning", "privacy"]
@@ -132,6 +135,17 @@ def roc_figure(run: RunData, name: str) -> FigureRef | None:
                        "both axes logarithmic (the low-FPR corner is what matters); the dotted diagonal is guessing.")
 
 
+def score_histogram(run: RunData, name: str) -> FigureRef | None:
+    """Histogram of the member and non-member scores an attack saved, if it saved both kinds."""
+    scores = run.scores.get(name)
+    if scores is None or scores.is_member.all() or not scores.is_member.any():
+        return None
+    png = plots.score_histogram_figure(scores.score, scores.is_member, f"{name}: score distributions")
+    return save_figure(run.path, f"scores-{name}", png, f"{name}: member and non-member scores",
+                       "Densities of the attack's per-record scores on shared bins: the further apart the two "
+                       "histograms, the better the attack tells members from non-members; overlapping ones mean guessing.")
+
+
 def privacy_section(run: RunData) -> dict[str, Any] | None:
     """The accounted epsilon beside every audited lower bound (per attack, from ``attacks.json``,
     else from the summary), with what the pair says about the run; None when there is neither."""
@@ -168,13 +182,39 @@ def privacy_section(run: RunData) -> dict[str, Any] | None:
     return {"table": records_table(rows), "verdict": verdict}
 
 
-def attack_sections(run: RunData) -> list[AttackSection]:
-    """Attacks from ``attacks.json``, plus any attack that only left images in ``artefacts/<name>/``."""
+#: summary metrics a poisoning attack's section shows (the attack acts in training, so its results
+#: are the run's): the clean accuracy, the no-attack twin's, the drop, the backdoor and detection.
+POISONING_METRICS = ("utility.accuracy", "utility.baseline_accuracy", "poisoning.accuracy_drop",
+                     "poisoning.backdoor_success_rate", "poisoning.detection_precision", "poisoning.detection_recall")
+
+
+def poisoning_section(run: RunData, name: str, params: dict[str, Any], malicious: list[str]) -> AttackSection:
+    """A poisoning attack's section: its parameters, which clients it controlled, and what it did
+    to the model (the run's poisoning metrics beside the no-attack twin's accuracy)."""
+    metrics = {m: run.metrics[m] for m in POISONING_METRICS if m in run.metrics}
+    metrics.update({m: v for m, v in run.metrics.items() if m.startswith("poisoning.") and m not in metrics})
+    rows = [{"parameter": k, "value": v} for k, v in params.items()]
+    if malicious:
+        rows.append({"parameter": "malicious clients", "value": ", ".join(malicious)})
+    return AttackSection(
+        name=name, family="poisoning", blurb=FAMILY_BLURBS["poisoning"],
+        metrics=metrics_table(metrics, "poisoning") if metrics else None,
+        table=records_table(rows) if rows else None,
+    )
+
+
+def attack_sections(run: RunData, threat: dict[str, Any] | None = None) -> list[AttackSection]:
+    """Poisoning attacks of the config (their results are the run's metrics), attacks from
+    ``attacks.json``, and any attack that only left images in ``artefacts/<name>/``."""
     names = list(run.attacks)
     artefacts = run.path / ARTEFACTS
     if artefacts.is_dir():
         names += sorted(d.name for d in artefacts.iterdir() if d.name not in run.attacks and _images(d))
     sections = []
+    for name, family, params in threat["attacks"] if threat else []:
+        if name in run.attacks or family != "poisoning":
+            continue
+        sections.append(poisoning_section(run, name, params, threat["malicious"]))
     for name in names:
         entry = run.attacks.get(name) or {}
         family = entry.get("family")
@@ -186,7 +226,8 @@ def attack_sections(run: RunData) -> list[AttackSection]:
             blurb=FAMILY_BLURBS.get(family or "", ""),
             metrics=metrics_table(metrics, family) if metrics else None,
             table=records_table(rows) if rows else None,
-            figures=[f for f in (roc_figure(run, name),) if f is not None] + _attack_figures(run, name),
+            figures=[f for f in (roc_figure(run, name), score_histogram(run, name)) if f is not None]
+            + _attack_figures(run, name),
         ))
     return sections
 
@@ -219,13 +260,34 @@ def baseline_link(run: RunData) -> dict[str, str] | None:
     return {"dir": raw, **{kind: f"{raw}/{f'report.{kind}' if has[kind] else 'summary.json'}" for kind in has}}
 
 
+def cell_title(run: RunData) -> str | None:
+    """``<sweep> · k=v, ... · seed s`` for a sweep cell (``<sweep>/cells/<id>/``, listed in the
+    sweep's ``cells.json``); None for a run that is no sweep cell."""
+    listing = run.path.parent.parent / "cells.json"
+    if run.path.parent.name != "cells" or not listing.is_file():
+        return None
+    try:
+        cells = json.loads(listing.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    entry = next((c for c in cells if isinstance(c, dict) and c.get("cell") == run.path.name), None)
+    if entry is None:
+        return None
+    values = ", ".join(f"{k}={fmt(v)}" for k, v in (entry.get("values") or {}).items())
+    return " · ".join(part for part in (run.name, values, f"seed {entry.get('seed')}") if part)
+
+
 def report_context(run: RunData) -> dict[str, Any]:
     """Everything the run templates show; writes the generated figures as a side effect."""
-    curves_png = plots.curves_figure(run.rounds)
+    threat = threat_summary(parse_config(run.config_text), run.attacks, run.partition)
+    baseline = baseline_link(run)
+    reference = read_jsonl(run.path / baseline["dir"] / ROUNDS) if baseline else []
+    curves_png = plots.curves_figure(run.rounds, reference=reference, reference_label="no attack (twin)")
     curves = None if curves_png is None else save_figure(
         run.path, "curves", curves_png, "Training curves",
-        "Accuracy points appear only on rounds that evaluated the global model.")
-    attacks = attack_sections(run)
+        "Accuracy points appear only on rounds that evaluated the global model."
+        + (" The dashed line is the same scenario and seed without attackers." if reference else ""))
+    attacks = attack_sections(run, threat)
     shown = {f.rel for a in attacks for f in a.figures}
     other_figures = [existing_figure(f.path, f.rel, f.title, f.caption) for f in run.figures if f.rel not in shown]
     partition = partition_section(run.partition, run.path) if run.partition else None
@@ -241,13 +303,14 @@ def report_context(run: RunData) -> dict[str, Any]:
     toc += [("environment", "Environment")] if run.env else []
     status = str(run.summary.get("status") or "unknown")
     return {
-        "title": run.name,
+        "title": cell_title(run) or run.name,
+        "threat": threat,
         "status": status,
         "status_class": status_class(status),
         "meta": _meta(run),
         "toc": toc,
         "summary": summary_table(run.metrics) if run.metrics else None,
-        "baseline": baseline_link(run),
+        "baseline": baseline,
         "privacy": privacy,
         "curves": curves,
         "rounds": rounds_table(run.rounds) if run.rounds else None,

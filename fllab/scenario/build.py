@@ -34,7 +34,7 @@ def _build(registry: Registry, comp: Component, path: str) -> tuple[Any, dict[st
 
 
 def resolve(scenario: Scenario) -> Setup:
-    resolved = scenario.model_dump(mode="json", exclude={"sweep"})
+    resolved = scenario.model_dump(mode="json", exclude={"sweep", "tracking"})  # tracking changes no result
     dataset, resolved["task"]["dataset"] = _build(DATASETS, scenario.task.dataset, "task.dataset")
     model, resolved["task"]["model"] = _build(MODELS, scenario.task.model, "task.model")
     partition, resolved["federation"]["partition"] = _build(PARTITIONS, scenario.federation.partition, "federation.partition")

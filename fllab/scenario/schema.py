@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from ..tracking.config import TrackingCfg
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, field_validator, model_validator
 
 
@@ -106,6 +107,7 @@ class Scenario(Strict):
     evaluation: EvaluationCfg = Field(default_factory=EvaluationCfg)
     executor: Component = Field(default_factory=lambda: Component(name="serial"))
     sweep: SweepCfg | None = None
+    tracking: TrackingCfg | None = Field(None, description="log params, per-round metrics and the report to MLflow / TensorBoard")
 
     _norm = field_validator("algorithm", "aggregator", "executor", mode="before")(_component)
 
