@@ -127,14 +127,17 @@ def check_work(setup: Any, engine: Any) -> None:
     if steps_of is None:
         return
     fed = setup.scenario.federation
-    largest = max(len(d) for d in engine.client_data)
-    total = fed.rounds * fed.per_round * int(steps_of(largest))
+    try:
+        per_client = float(steps_of(max(len(d) for d in engine.client_data)))
+    except OverflowError:  # more steps than a float can count
+        per_client = float("inf")
+    total = fed.rounds * fed.per_round * per_client
     limit = max_local_steps()
     if total > limit:
         raise ConfigError(
             f"the run would take about {total:.3g} local optimizer steps ({fed.rounds} rounds x {fed.per_round} clients x "
-            f"{int(steps_of(largest)):.3g} steps), more than the {limit:.3g} allowed; lower local_epochs/local_steps or "
-            "rounds, or raise FLLAB_MAX_LOCAL_STEPS"
+            f"{per_client:.3g} steps), more than the {limit:.3g} allowed; lower local_epochs/local_steps or rounds, "
+            "or raise FLLAB_MAX_LOCAL_STEPS"
         )
 
 

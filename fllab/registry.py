@@ -17,6 +17,7 @@ describe``: ``summary`` (one line), ``references`` (papers), ``threat_model`` (a
 from __future__ import annotations
 
 import difflib
+import math
 import warnings
 from importlib import metadata
 from typing import Any, Callable, Iterator, Mapping, TypeVar
@@ -38,15 +39,21 @@ class PluginWarning(UserWarning):
 INT_BOUND = 2**63
 
 
-def _check_ints(value: Any) -> None:
+#: largest float magnitude a scenario may hold: float32's (every tensor fllab trains is float32)
+FLOAT_BOUND = 3.4028234663852886e38
+
+
+def _check_range(value: Any) -> None:
+    """Refuse integers beyond 64 bits and floats beyond float32's range, in a value or a list of
+    them (a mapping is a nested model or a component's options: checked where it is validated,
+    so the message names the nested key)."""
     if isinstance(value, int) and not isinstance(value, bool) and not -INT_BOUND <= value < INT_BOUND:
         raise ValueError("integer out of range (at most 2**63 - 1)")
+    if isinstance(value, float) and math.isfinite(value) and abs(value) > FLOAT_BOUND:
+        raise ValueError("out of the float32 range (magnitude at most 3.4e38)")
     if isinstance(value, (list, tuple)):
         for v in value:
-            _check_ints(v)
-    elif isinstance(value, dict):
-        for v in value.values():
-            _check_ints(v)
+            _check_range(v)
 
 
 class StrictModel(BaseModel):
@@ -57,7 +64,7 @@ class StrictModel(BaseModel):
       bytes are no name (pydantic's lax mode would turn ``rounds: true`` into 1 round);
     * floats are finite: NaN and infinities are refused (a field where infinity means something
       says so with ``Field(allow_inf_nan=True)``);
-    * integers fit in 64 bits (:data:`INT_BOUND`);
+    * integers fit in 64 bits (:data:`INT_BOUND`), floats in float32 (:data:`FLOAT_BOUND`);
     * a YAML list is accepted where the field is a tuple (YAML has no tuples).
     """
 
@@ -66,7 +73,7 @@ class StrictModel(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _plain_values(cls, value: Any, info: ValidationInfo) -> Any:
-        _check_ints(value)
+        _check_range(value)
         field = cls.model_fields.get(info.field_name or "")
         if isinstance(value, list) and field is not None and _is_tuple(field.annotation):
             return tuple(value)
@@ -244,16 +251,17 @@ def load_plugins() -> None:
     from . import components  # noqa: F401  (registers the built-in components)
 
     for ep in metadata.entry_points(group=PLUGIN_GROUP):
-        # A broken third-party package (uninstalled, moved, failing import) must not take the
-        # built-in components down with it: name it on stderr and go on without it.
+        # A broken third-party package (uninstalled, moved, failing import, even one calling
+        # sys.exit() or raising KeyboardInterrupt at import) must not take every command down
+        # with it: name it on stderr and go on without it.
         try:
             loaded = ep.load()
             if callable(loaded) and not isinstance(loaded, type):
                 loaded()
-        except Exception as exc:  # noqa: BLE001 - any failure inside foreign code
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:  # noqa: BLE001 - anything foreign code raises, exit() included
             warnings.warn(
                 f"fllab plugin {ep.name!r} ({ep.value}) failed to load and is skipped: "
-                f"{type(exc).__name__}: {exc}",
+                f"{type(exc).__name__}: {shorten(str(exc))}",
                 PluginWarning,
                 stacklevel=2,
             )

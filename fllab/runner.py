@@ -164,9 +164,10 @@ def baseline_metrics(accuracy: float, twin: dict[str, Any]) -> dict[str, float]:
 
 
 def preflight(setup: Setup) -> Engine:
-    """Everything ``run`` can refuse before training, in the order ``validate`` checks it: the
-    data, the partition and the model (:meth:`Engine.prepare`), then the memory estimate
-    (:func:`fllab.limits.check_memory`).  Nothing is written."""
+    """Everything ``run`` can refuse before training, shared by ``validate`` so both refuse with the
+    same line: the data, the partition and the model (:meth:`Engine.prepare`), the memory and work
+    estimates (:mod:`fllab.limits`), each defense's ``preflight(client_sizes=, algorithm=)`` and the
+    LPIPS weights an inversion attack is scored with.  Nothing is written."""
     engine = Engine(setup)
     try:
         engine.prepare()
@@ -177,6 +178,18 @@ def preflight(setup: Setup) -> Engine:
         raise ConfigError(reason) from None
     check_memory(setup, engine)
     check_work(setup, engine)
+    sizes = [len(d) for d in engine.client_data]
+    for i, comp in enumerate(setup.defenses):  # e.g. dp_sgd calibrates its target epsilon per client size
+        hook = getattr(comp, "preflight", None)
+        if hook is not None:
+            try:
+                hook(client_sizes=sizes, algorithm=setup.algorithm)
+            except ValueError as err:
+                raise ConfigError(str(err), f"defenses.{i}") from None
+    if any(a.family == "inversion" and getattr(a.params, "lpips", True) for a in setup.attacks):
+        from .metrics.image import lpips_model
+
+        lpips_model("cpu")  # scored after training: missing or corrupt weights are refused now
     return engine
 
 

@@ -16,6 +16,7 @@ and a table of accounted beside audited epsilon.
 from __future__ import annotations
 
 import csv
+import io
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +31,9 @@ from .pareto import pareto_front
 from .rundir import attack_scores, defense_names
 from .tables import Table, as_number, fmt, fmt_spread, records_table, short_names
 from ..errors import ConfigError, FllabError
+from ..io import read_text
+from ..rundir import RESULTS, SWEEP_FILE as DEFINITION
 
-RESULTS = "results.csv"
-DEFINITION = "sweep.yaml"
 CELLS = "cells"
 PARAM_PREFIX = "param:"
 RISK_FAMILIES = ("inversion", "membership", "privacy", "poisoning")
@@ -54,7 +55,7 @@ def load_results(path: str | Path) -> SweepResults:
     path = Path(path)
     if not path.is_file():
         raise FllabError(f"{path}: no sweep results (expected {RESULTS})")
-    with path.open(newline="", encoding="utf-8") as fh:
+    with io.StringIO(read_text(path), newline="") as fh:
         reader = csv.DictReader(fh)
         raw = list(reader)
         columns = list(reader.fieldnames or [])
@@ -309,7 +310,7 @@ def sweep_context(sweep_dir: Path, x: str | None = None, y: str | None = None) -
     toc = [("tradeoffs", "Trade-offs")] + ([("privacy", "Privacy")] if privacy else []) + ([("grid", "Grid")] if heatmaps else [])
     toc += ([("settings", "Settings")] if aggregated else []) + [("cells", "All cells")]
     definition = sweep_dir / DEFINITION
-    definition_text = definition.read_text(encoding="utf-8") if definition.is_file() else None
+    definition_text = read_text(definition) if definition.is_file() else None
     name = _sweep_name(definition_text) if definition_text else None
     toc += [("definition", "Sweep definition")] if definition_text is not None else []
     return {
