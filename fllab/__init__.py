@@ -29,7 +29,8 @@ def run(scenario, out=None, *, quiet=True, overwrite=False):
         data = scenario
     else:
         data = scenario.model_dump(mode="json", exclude={"sweep"})
-    return run_scenario(data, out, quiet=quiet, overwrite=overwrite)
+    protect = (scenario,) if isinstance(scenario, (str, Path)) else ()  # --overwrite never removes the scenario file
+    return run_scenario(data, out, quiet=quiet, overwrite=overwrite, protect=protect)
 
 
 __all__ = [

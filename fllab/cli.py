@@ -146,9 +146,10 @@ def validate(scenario: Path, overrides: tuple[str, ...], check_data: bool, as_js
 @json_option
 def list_(kind: str | None, as_json: bool) -> None:
     """List registered components (all kinds, or one KIND)."""
-    load_plugins()
-    kinds = [kind] if kind else list(ALL_REGISTRIES)
-    table = {k: {name: getattr(ALL_REGISTRIES[k][name], "summary", "") for name in ALL_REGISTRIES[k]} for k in kinds}
+    from .catalog import catalog
+
+    every = catalog()  # cached: no component import when nothing changed
+    table = {k: every[k] for k in ([kind] if kind else list(ALL_REGISTRIES))}
     if as_json:
         click.echo(json.dumps(table, indent=2))
         return

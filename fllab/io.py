@@ -11,6 +11,12 @@ from typing import Any
 import yaml
 
 
+def cache_dir() -> Path:
+    """fllab's cache folder: ``$FLLAB_CACHE`` if set, else ``~/.cache/fllab``."""
+    env = os.environ.get("FLLAB_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "fllab"
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -61,9 +61,10 @@ def max_local_steps() -> int:
 
 
 def human_bytes(n: float) -> str:
+    """``1536`` -> ``"1.5 KiB"``; absurd sizes stay short (``"1.46e+16 PiB"``)."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if n < 1024 or unit == "PiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}" if n >= 1000 else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
 

@@ -118,7 +118,8 @@ def test_node_limit_is_overridable(write_yaml):
     ("name: a\nseed: 1\nname: b\n", "duplicate key name at lines 1 and 3"),
     ("seed: " + "9" * 5000 + "\n", "unreadable value"),
     ("name: !!binary Zm9v\n", "name: Input should be a valid string"),
-], ids=["deep", "recursive", "duplicate", "huge-int", "binary"])
+    ("\x00name: x\n", "special characters are not allowed"),
+], ids=["deep", "recursive", "duplicate", "huge-int", "binary", "nul"])
 def test_malformed_documents_are_one_line(write_yaml, text, expected):
     one_line(invoke("validate", write_yaml(text)), 2, expected)
 
@@ -352,7 +353,7 @@ def test_a_plugin_that_exits_at_import_is_skipped(tmp_path):
     (dist / "entry_points.txt").write_text("[fllab.plugins]\nexits = rude_exit\ninterrupts = rude_interrupt\n")
     (tmp_path / "rude_exit.py").write_text("import sys\nsys.exit(3)\n")
     (tmp_path / "rude_interrupt.py").write_text("raise KeyboardInterrupt\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]), "FLLAB_CACHE": str(tmp_path / "cache")}
     res = subprocess.run([sys.executable, "-m", "fllab.cli", "list", "aggregator"], capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "krum" in res.stdout
@@ -374,3 +375,17 @@ def test_writing_run_keeps_a_failed_partial_and_the_old_run(tmp_path):
         with writing_run(out, overwrite=True) as partial:
             raise RuntimeError("crash mid-run")
     assert (out / "summary.json").is_file() and (tmp_path / "run.partial").is_dir()
+
+
+def test_list_starts_without_importing_the_components(tmp_path):
+    """issue 11: `fllab list` answers from the catalog cache (no torch import) once it is warm,
+    and the cache follows the installed modules."""
+    code = (
+        "import sys; from click.testing import CliRunner; from fllab.cli import main; "
+        "res = CliRunner().invoke(main, ['list', 'aggregator']); assert res.exit_code == 0 and 'krum' in res.output; "
+        "print('torch' in sys.modules)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FLLAB_CACHE": str(tmp_path)}
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120) for _ in range(2)]
+    assert [r.stdout.strip() for r in runs] == ["True", "False"], [r.stderr for r in runs]
+    assert len(list((tmp_path / "catalog").glob("*.json"))) == 1

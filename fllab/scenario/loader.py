@@ -105,8 +105,9 @@ def check_expansion(root: yaml.Node) -> None:
 
 def parse_yaml(text: str, where: str) -> Any:
     """Parse one YAML document within the limits; any failure is one ConfigError line."""
-    loader = BoundedLoader(text)
+    loader = None
     try:
+        loader = BoundedLoader(text)  # the reader refuses control characters already here
         node = loader.get_single_node()
         if node is None:
             return None
@@ -120,7 +121,8 @@ def parse_yaml(text: str, where: str) -> Any:
     except (ValueError, RecursionError) as err:  # e.g. an integer of more than 4,300 digits
         raise ConfigError(f"{where}: unreadable value: {shorten(str(err))}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def read_text_bounded(path: str | Path) -> str:

@@ -1,0 +1,110 @@
+"""Property tests (issue 10, "Must show"): mutants of every shipped scenario.
+
+1. Any mutant is accepted (exit 0) or refused with exactly one ``error:`` line and exit 2, and a
+   refused one writes nothing when run.
+2. An accepted mutant, run for one round, exits 0, 1 or 2 without a traceback.
+
+Mutations act on the parsed document (replace a value anywhere with an awkward one, drop a key,
+add an unknown key) and on its text (cut it, splice in a YAML fragment).  Both tests are
+derandomized and bounded in examples so that they fit the default suite (about a minute together).
+"""
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fllab.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "scenarios").rglob("*.yaml"))
+
+AWKWARD = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.sampled_from(["", "auto", "krum", "mean", "-1", "1e400", "0x10", "yes", "~", "nan", "digits", "fedavg"]),
+    st.lists(st.integers(min_value=-3, max_value=10**12), max_size=3),
+    st.dictionaries(st.sampled_from(["name", "f", "lr", "x"]), st.integers(min_value=-2, max_value=5), max_size=2),
+)
+FRAGMENTS = ["&a [*a]", "{", "]", "!!binary Zm9v", "!!python/object:os.system ls", "\t", "- - -", "? x", "*undefined", "\x00", "name: x"]
+
+
+def load(rel: str) -> dict[str, Any]:
+    return yaml.safe_load((ROOT / rel).read_text())
+
+
+def paths(node: Any, prefix: tuple = ()) -> list[tuple]:
+    """Every path to a value in the document (the document itself excluded)."""
+    out = []
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else []
+    for key, value in items:
+        out.append((*prefix, key))
+        out.extend(paths(value, (*prefix, key)))
+    return out
+
+
+@st.composite
+def mutants(draw: Any) -> str:
+    """A shipped scenario with one or two mutations, as YAML text."""
+    doc = load(draw(st.sampled_from(SHIPPED)))
+    for _ in range(draw(st.integers(1, 2))):
+        where = draw(st.sampled_from(paths(doc)))
+        parent = doc
+        for key in where[:-1]:
+            parent = parent[key]
+        op = draw(st.sampled_from(["replace", "replace", "drop", "unknown"]))
+        if op == "replace":
+            parent[where[-1]] = draw(AWKWARD)
+        elif op == "drop" and isinstance(parent, dict):
+            del parent[where[-1]]
+        elif op == "unknown" and isinstance(parent, dict):
+            parent[draw(st.sampled_from(["nmae", "rounds_", "x", "sweep"]))] = draw(AWKWARD)
+    text = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
+    if draw(st.integers(0, 4)) == 0:  # a text-level mutation
+        cut = draw(st.integers(0, len(text)))
+        text = text[:cut] + draw(st.sampled_from(FRAGMENTS + [""])) + text[cut:] if draw(st.booleans()) else text[:cut]
+    return text
+
+
+def invoke(*args: Any):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def check_outcome(res: Any, allowed: tuple[int, ...]) -> None:
+    assert res.exit_code in allowed, (res.exit_code, res.output)
+    assert "Traceback" not in res.output, res.output
+    errors = [line for line in res.stderr.splitlines() if not line.startswith("warning:")]
+    if res.exit_code in (1, 2):
+        assert len(errors) == 1 and errors[0].startswith("error: "), res.stderr
+
+
+FUZZ = settings(
+    max_examples=600, deadline=None, derandomize=False, database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+@FUZZ
+@given(text=mutants())
+def test_mutants_are_accepted_or_refused_in_one_line_writing_nothing(text: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        scenario = Path(tmp) / "scenario.yaml"
+        scenario.write_text(text, encoding="utf-8")
+        res = invoke("validate", scenario, "--no-data")
+        check_outcome(res, (0, 2))
+        if res.exit_code == 2:
+            again = invoke("run", scenario, "--out", Path(tmp) / "out", "-q")
+            check_outcome(again, (2,))
+            assert again.stderr == res.stderr  # run refuses with validate's line
+            assert os.listdir(tmp) == ["scenario.yaml"]  # and writes nothing
