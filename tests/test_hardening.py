@@ -389,3 +389,34 @@ def test_list_starts_without_importing_the_components(tmp_path):
     runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120) for _ in range(2)]
     assert [r.stdout.strip() for r in runs] == ["True", "False"], [r.stderr for r in runs]
     assert len(list((tmp_path / "catalog").glob("*.json"))) == 1
+
+
+def test_a_gzip_bomb_idx_file_is_refused_after_its_header(tmp_path):
+    import gzip
+
+    import numpy as np
+
+    from fllab.data.idx import read_idx
+    from fllab.data.integrity import DataIntegrityError
+
+    header = bytes([0, 0, 8, 2]) + np.array([2, 3], ">u4").tobytes()
+    (tmp_path / "bomb.gz").write_bytes(gzip.compress(header + bytes(6) + bytes(64 << 20)))  # 64 MiB behind 6 bytes
+    start = time.perf_counter()
+    with pytest.raises(DataIntegrityError, match="inflates past the 6 bytes its IDX header announces"):
+        read_idx(tmp_path / "bomb.gz")
+    assert time.perf_counter() - start < 2
+
+
+def test_an_offline_download_is_one_line(tmp_path, tiny, write_yaml, monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    tiny["task"]["dataset"] = {"name": "mnist", "root": str(tmp_path / "mnist"), "download": True}
+    path = write_yaml(tiny)
+    line = one_line(invoke("validate", path), 1, "could not download", "name resolution")
+    assert line == one_line(invoke("run", path, "--out", tmp_path / "run", "-q"), 1)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()

@@ -116,7 +116,9 @@ def parse_yaml(text: str, where: str) -> Any:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or "invalid YAML"
+        problem = getattr(err, "problem", None) or getattr(err, "reason", None) or "invalid YAML"
+        if isinstance(err, yaml.reader.ReaderError):
+            at = f" at character {err.position}"
         raise ConfigError(f"{where}: not valid YAML{at}: {problem}") from None
     except (ValueError, RecursionError) as err:  # e.g. an integer of more than 4,300 digits
         raise ConfigError(f"{where}: unreadable value: {shorten(str(err))}") from None
