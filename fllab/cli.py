@@ -122,6 +122,7 @@ def sweep(scenario: Path, overrides: tuple[str, ...], out: Path | None, quiet: b
 def validate(scenario: Path, overrides: tuple[str, ...], check_data: bool, as_json: bool) -> None:
     """Check SCENARIO (schema, components, capabilities, data) without training."""
     from .runner import dump_yaml, preflight, resolve_cells, torch_threads
+    from .scenario.build import check_without_data
     from .scenario.loader import load_raw
 
     data = load_raw(scenario, overrides)
@@ -133,6 +134,8 @@ def validate(scenario: Path, overrides: tuple[str, ...], check_data: bool, as_js
     if check_data:
         with torch_threads(setups[0].scenario.threads):
             preflight(setups[0])  # every refusal `run` makes before training, with the same line
+    else:
+        check_without_data(setups[0])
     if as_json:
         click.echo(json.dumps({"ok": True, "cells": len(cells), "skipped": skipped, "resolved": setups[0].resolved}))
     else:

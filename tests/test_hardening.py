@@ -420,3 +420,13 @@ def test_an_offline_download_is_one_line(tmp_path, tiny, write_yaml, monkeypatch
     line = one_line(invoke("validate", path), 1, "could not download", "name resolution")
     assert line == one_line(invoke("run", path, "--out", tmp_path / "run", "-q"), 1)
     assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
+
+
+def test_validate_without_data_refuses_dp_sgd_on_batch_norm_like_run(tmp_path, tiny, write_yaml):
+    """issue 11: the model is checked against the defenses on the meta device, from the dataset's
+    signature, with the line `run` prints."""
+    tiny["task"]["model"] = {"name": "convnet", "norm": "batch", "width": 4, "hidden": 8}
+    tiny["defenses"] = ["dp_sgd"]
+    path = write_yaml(tiny)
+    line = one_line(invoke("validate", path, "--no-data"), 2, "dp_sgd needs per-sample gradients")
+    assert line == one_line(invoke("run", path, "--out", tmp_path / "run", "-q"), 2)
