@@ -147,15 +147,34 @@ def shrink(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+def nearby(value: Any) -> st.SearchStrategy:
+    """Values of the same kind as ``value`` that a user might plausibly write instead (edge values
+    included), so that most mutants pass validation and reach training."""
+    from fllab.registry import ALL_REGISTRIES
+
+    if isinstance(value, bool):
+        return st.booleans()
+    if isinstance(value, int):
+        return st.one_of(st.sampled_from([0, 1, 2, value + 1, 2 * value]), st.integers(0, 2 * abs(value) + 2))
+    if isinstance(value, float):
+        return st.one_of(st.sampled_from([0.0, 1e-9, 1.0, 10 * value, -value]), st.floats(0, 10 * abs(value) + 1))
+    if isinstance(value, str):
+        return st.sampled_from([value, *sorted({n for reg in ALL_REGISTRIES.values() for n in reg})])
+    if isinstance(value, list):
+        return st.integers(0, len(value)).map(lambda k: value[:k])
+    return st.just(value)
+
+
 @st.composite
 def accepted_mutants(draw: Any) -> dict[str, Any]:
-    """A mutant (data-level: one value replaced) that ``validate --no-data`` accepts, shrunk."""
+    """A mutant (data-level: one value replaced by a nearby one, or anything awkward), shrunk;
+    what ``validate --no-data`` refuses is not run."""
     doc = load(draw(st.sampled_from(SHIPPED)))
     where = draw(st.sampled_from(paths(doc)))
     parent = doc
     for key in where[:-1]:
         parent = parent[key]
-    parent[where[-1]] = draw(AWKWARD)
+    parent[where[-1]] = draw(st.one_of(nearby(parent[where[-1]]), AWKWARD) if draw(st.integers(0, 3)) == 0 else nearby(parent[where[-1]]))
     return shrink(doc)
 
 
@@ -192,7 +211,7 @@ def run_one_round(doc: dict[str, Any], budget: int | None) -> None:
 
 
 @settings(
-    max_examples=5, deadline=None, derandomize=True, database=None,
+    max_examples=6, deadline=None, derandomize=True, database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(doc=accepted_mutants())
