@@ -285,6 +285,7 @@ def test_unusable_output_paths_are_one_line(tmp_path, tiny, write_yaml):
     one_line(invoke("run", path, "--out", "/proc/fllab-run", "-q"), 2, "/proc/fllab-run")
     (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
     one_line(invoke("run", path, "--out", tmp_path / "link", "-q"), 2, "symbolic link")
+    one_line(invoke("run", path, "--out", "/dev/null", "-q", "--overwrite"), 2, "/dev/null exists and is not a directory")
     long = tmp_path / "runs" / ("x" * 300)
     one_line(invoke("run", path, "--out", long, "-q"), 2, "File name too long")
     assert not (tmp_path / "runs").exists()  # the parent it created on the way is gone again
@@ -430,3 +431,14 @@ def test_validate_without_data_refuses_dp_sgd_on_batch_norm_like_run(tmp_path, t
     path = write_yaml(tiny)
     line = one_line(invoke("validate", path, "--no-data"), 2, "dp_sgd needs per-sample gradients")
     assert line == one_line(invoke("run", path, "--out", tmp_path / "run", "-q"), 2)
+
+
+def test_a_corrupt_lpips_file_is_one_line(tmp_path, monkeypatch, write_yaml):
+    import fllab.metrics.image as image
+
+    monkeypatch.setattr(image, "_LPIPS_MODELS", {})
+    trunk = tmp_path / "cache" / "lpips" / "alexnet_trunk.pt"
+    trunk.parent.mkdir(parents=True)
+    trunk.write_bytes(b"PK\x03\x04 not a checkpoint\n\n\n")
+    scenario = yaml.safe_load((ROOT / "scenarios" / "inversion" / "dlg_lenet.yaml").read_text())
+    one_line(invoke("validate", write_yaml(scenario), env={"FLLAB_CACHE": str(tmp_path / "cache")}), 1, str(trunk), "--force")
