@@ -226,11 +226,12 @@ def writing_run(out: Path, *, overwrite: bool, protect: Sequence[str | os.PathLi
 @contextmanager
 def writing_sweep(sweep_dir: Path) -> Iterator[Path]:
     """Claim a sweep directory (created when missing) for the duration of a sweep.  A directory
-    that exists, is not empty and was not written by fllab is refused: a sweep only adds to its
-    own directory."""
+    that exists, is not empty and is no sweep fllab wrote (marker, or a ``sweep.yaml`` from before
+    markers existed) is refused: a sweep only adds to its own directory."""
     sweep_dir = absolute(sweep_dir)
     _check_target(sweep_dir)
-    if sweep_dir.exists() and not is_fllab_dir(sweep_dir) and any(sweep_dir.iterdir()):
+    ours = is_fllab_dir(sweep_dir) or (sweep_dir / SWEEP_FILE).is_file()
+    if sweep_dir.exists() and not ours and any(sweep_dir.iterdir()):
         raise ConfigError(f"{sweep_dir} is not empty and not a directory fllab wrote (no {MARKER} marker); choose another --out", "--out")
     make_dirs(sweep_dir)
     with Claim(sweep_dir, "sweep"):

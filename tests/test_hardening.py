@@ -442,3 +442,13 @@ def test_a_corrupt_lpips_file_is_one_line(tmp_path, monkeypatch, write_yaml):
     trunk.write_bytes(b"PK\x03\x04 not a checkpoint\n\n\n")
     scenario = yaml.safe_load((ROOT / "scenarios" / "inversion" / "dlg_lenet.yaml").read_text())
     one_line(invoke("validate", write_yaml(scenario), env={"FLLAB_CACHE": str(tmp_path / "cache")}), 1, str(trunk), "--force")
+
+
+def test_a_sweep_adds_only_to_its_own_directory(tmp_path, tiny, write_yaml):
+    tiny["federation"]["rounds"] = 1
+    tiny["sweep"] = {"grid": {"algorithm.lr": [0.1]}}
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "results.csv").write_text("mine\n")
+    one_line(invoke("sweep", write_yaml(tiny), "--out", other, "-q"), 2, "not a directory fllab wrote")
+    assert (other / "results.csv").read_text() == "mine\n" and sorted(os.listdir(other)) == ["results.csv"]
