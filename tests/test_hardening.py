@@ -16,6 +16,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+import fllab.runner  # noqa: F401  (imported up front: the timed refusals below exclude torch's import)
 from fllab.cli import main
 from fllab.rundir import MARKER, Claim, writing_run
 
