@@ -46,12 +46,15 @@ def run(scenario: Any, out: Any = None, *, overrides: Sequence[str] = (), quiet:
     """Run one scenario (a YAML path, a mapping or a :class:`~fllab.scenario.schema.Scenario`) and
     return ``(run_dir, summary)``, like ``fllab run``.  A scenario with a sweep block is refused:
     :func:`sweep` runs it."""
+    from pathlib import Path
+
     from .runner import has_sweep, run_scenario
 
     data = _scenario_data(scenario, overrides)
     if has_sweep(data):
         raise ConfigError("the scenario has a sweep block: run it with fllab.sweep(), or remove the block", "sweep")
-    return run_scenario(data, out, quiet=quiet, overwrite=overwrite)
+    protect = (scenario,) if isinstance(scenario, (str, Path)) else ()  # --overwrite never removes the scenario file
+    return run_scenario(data, out, quiet=quiet, overwrite=overwrite, protect=protect)
 
 
 def sweep(scenario: Any, out: Any = None, *, overrides: Sequence[str] = (), quiet: bool = True):

@@ -13,17 +13,23 @@ from typing import Any, Callable
 
 import click
 
-from .errors import ConfigError, FllabError
+from .errors import ConfigError, FllabError, shorten
 from .registry import ALL_REGISTRIES, load_plugins
 
 
+#: longest error line printed (a longer message is cut in the middle)
+MAX_LINE = 1000
+
+
 def _fail(message: str, code: int) -> None:
-    click.echo(f"error: {message}", err=True)
+    """Print ``error: <message>`` as exactly one line and exit with ``code``."""
+    click.echo(f"error: {shorten(' '.join(message.split()), MAX_LINE)}", err=True)
     sys.exit(code)
 
 
 def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Map fllab's errors to exit codes with one readable line."""
+    """Map fllab's errors to exit codes with one readable line: ConfigError 2, other FllabError
+    their own code, an OS error (disk full, permission denied) 1 naming the path, Ctrl-C 130."""
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -35,6 +41,10 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(130)
         except FllabError as err:
             _fail(str(err), err.exit_code)
+        except OSError as err:
+            from .rundir import os_error_line
+
+            _fail(os_error_line(err), 1)
 
     wrapper.__name__ = fn.__name__
     wrapper.__doc__ = fn.__doc__
@@ -72,7 +82,7 @@ def run(scenario: Path, overrides: tuple[str, ...], out: Path | None, overwrite:
     if has_sweep(data):
         _report_sweep(*run_sweep(data, out, quiet=quiet), as_json=as_json)
         return
-    run_dir, summary = run_scenario(data, out, quiet=quiet, overwrite=overwrite)
+    run_dir, summary = run_scenario(data, out, quiet=quiet, overwrite=overwrite, protect=(scenario,))
     if as_json:
         click.echo(json.dumps({"run_dir": str(run_dir), **summary}))
     else:
@@ -128,9 +138,9 @@ def sweep(scenario: Path, overrides: tuple[str, ...], out: Path | None, quiet: b
 @guarded
 def validate(scenario: Path, overrides: tuple[str, ...], check_data: bool, as_json: bool) -> None:
     """Check SCENARIO (schema, components, capabilities, data) without training."""
-    from .runner import dump_yaml, resolve_cells
+    from .runner import dump_yaml, preflight, resolve_cells, torch_threads
+    from .scenario.build import check_without_data
     from .scenario.loader import load_raw
-    from .training.engine import Engine
 
     data = load_raw(scenario, overrides)
     cells = resolve_cells(data)  # as `fllab sweep` would: refused cells are errors unless skip_invalid
@@ -139,7 +149,10 @@ def validate(scenario: Path, overrides: tuple[str, ...], check_data: bool, as_js
     if not setups:
         raise ConfigError(f"every one of the {len(cells)} sweep cells is refused; first: {skipped[0]['reason']}", "sweep")
     if check_data:
-        Engine(setups[0]).prepare()
+        with torch_threads(setups[0].scenario.threads):
+            preflight(setups[0])  # every refusal `run` makes before training, with the same line
+    else:
+        check_without_data(setups[0])
     if as_json:
         click.echo(json.dumps({"ok": True, "cells": len(cells), "skipped": skipped, "resolved": setups[0].resolved}))
     else:
@@ -153,9 +166,10 @@ def validate(scenario: Path, overrides: tuple[str, ...], check_data: bool, as_js
 @json_option
 def list_(kind: str | None, as_json: bool) -> None:
     """List registered components (all kinds, or one KIND)."""
-    load_plugins()
-    kinds = [kind] if kind else list(ALL_REGISTRIES)
-    table = {k: {name: getattr(ALL_REGISTRIES[k][name], "summary", "") for name in ALL_REGISTRIES[k]} for k in kinds}
+    from .catalog import catalog
+
+    every = catalog()  # cached: no component import when nothing changed
+    table = {k: every[k] for k in ([kind] if kind else list(ALL_REGISTRIES))}
     if as_json:
         click.echo(json.dumps(table, indent=2))
         return

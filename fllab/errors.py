@@ -24,3 +24,23 @@ class ConfigError(FllabError):
 
 class CapabilityError(ConfigError):
     """Two components cannot work together (e.g. an attack needs a gradient, the algorithm sends a ranking)."""
+
+
+#: longest value echoed in a message; a longer one is cut in the middle
+MAX_ECHO = 80
+
+
+def shorten(value: object, limit: int = MAX_ECHO) -> str:
+    """``repr(value)`` (a string as itself) on one line, cut to ``limit`` characters: error
+    messages name the offending value without echoing megabytes of it."""
+    text = value if isinstance(value, str) else repr(value)
+    text = " ".join(text.split()) if "\n" in text else text
+    if len(text) <= limit:
+        return text
+    keep = (limit - 5) // 2
+    return f"{text[:keep]} ... {text[-keep:]} ({len(text):,} characters)"
+
+
+def article(noun: str) -> str:
+    """``"a list"``, ``"an int"``."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"

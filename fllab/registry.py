@@ -18,13 +18,14 @@ hooks against its kind's protocols (:mod:`fllab.hooks`) and records them in ``cl
 from __future__ import annotations
 
 import difflib
+import math
 import warnings
 from importlib import metadata
 from typing import Any, Callable, Iterator, Mapping, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
-from .errors import ConfigError
+from .errors import ConfigError, article, shorten
 
 T = TypeVar("T")
 
@@ -35,10 +36,63 @@ class PluginWarning(UserWarning):
     """A ``fllab.plugins`` entry point could not be loaded."""
 
 
-class Params(BaseModel):
-    """Base class of every component's typed parameters: unknown keys are an error."""
+#: integers a scenario may hold: what a 64-bit signed integer can (torch, numpy and the OS take no more)
+INT_BOUND = 2**63
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+#: largest float magnitude a scenario may hold: float32's (every tensor fllab trains is float32)
+FLOAT_BOUND = 3.4028234663852886e38
+
+
+def _check_range(value: Any) -> None:
+    """Refuse integers beyond 64 bits and floats beyond float32's range, in a value or a list of
+    them (a mapping is a nested model or a component's options: checked where it is validated,
+    so the message names the nested key)."""
+    if isinstance(value, int) and not isinstance(value, bool) and not -INT_BOUND <= value < INT_BOUND:
+        raise ValueError("integer out of range (at most 2**63 - 1)")
+    if isinstance(value, float) and math.isfinite(value) and abs(value) > FLOAT_BOUND:
+        raise ValueError("out of the float32 range (magnitude at most 3.4e38)")
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            _check_range(v)
+
+
+class StrictModel(BaseModel):
+    """Base of every model a scenario is validated against (component ``Params`` and the scenario
+    schema), one mechanism for every field (issue 10):
+
+    * types are strict: ``true`` is no number, ``1.5`` and ``1e308`` are no integer, ``!!binary``
+      bytes are no name (pydantic's lax mode would turn ``rounds: true`` into 1 round);
+    * floats are finite: NaN and infinities are refused (a field where infinity means something
+      says so with ``Field(allow_inf_nan=True)``);
+    * integers fit in 64 bits (:data:`INT_BOUND`), floats in float32 (:data:`FLOAT_BOUND`);
+    * a YAML list is accepted where the field is a tuple (YAML has no tuples).
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _plain_values(cls, value: Any, info: ValidationInfo) -> Any:
+        _check_range(value)
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, list) and field is not None and _is_tuple(field.annotation):
+            return tuple(value)
+        return value
+
+
+def _is_tuple(annotation: Any) -> bool:
+    import typing
+
+    candidates = [annotation, *typing.get_args(annotation)]
+    return any(c is tuple or typing.get_origin(c) is tuple for c in candidates)
+
+
+class Params(StrictModel):
+    """Base class of every component's typed parameters: unknown keys are an error, and the
+    values are checked as :class:`StrictModel` says."""
+
+    model_config = ConfigDict(frozen=True)
 
 
 class NoParams(Params):
@@ -82,7 +136,7 @@ def format_validation_error(err: ValidationError, path: str, model: type[BaseMod
     else:
         got = first.get("input")
         if not isinstance(got, (dict, list)):
-            msg = f"{msg} (got {got!r})"
+            msg = f"{msg} (got {shorten(repr(got))})"
     extra = len(errors) - 1
     tail = f" [+{extra} more error{'s' if extra > 1 else ''}]" if extra else ""
     return f"{where}: {msg}{tail}" if where else f"{msg}{tail}"
@@ -134,11 +188,11 @@ class Registry(Mapping[str, type]):
     def get_class(self, name: Any, path: str | None = None) -> type:
         load_plugins()
         if not isinstance(name, str):
-            raise ConfigError(f"expected a {self.kind} name, got {type(name).__name__}", path)
+            raise ConfigError(f"expected a {self.kind} name, got {article(type(name).__name__)}", path)
         if name not in self._items:
             allowed = ", ".join(sorted(self._items)) or "(none registered)"
             raise ConfigError(
-                f"unknown {self.kind} {name!r}{did_you_mean(name, list(self._items))} allowed: {allowed}", path
+                f"unknown {self.kind} {shorten(repr(name))}{did_you_mean(name, list(self._items))} allowed: {allowed}", path
             )
         return self._items[name]
 
@@ -201,16 +255,17 @@ def load_plugins() -> None:
     from . import components  # noqa: F401  (registers the built-in components)
 
     for ep in metadata.entry_points(group=PLUGIN_GROUP):
-        # A broken third-party package (uninstalled, moved, failing import) must not take the
-        # built-in components down with it: name it on stderr and go on without it.
+        # A broken third-party package (uninstalled, moved, failing import, even one calling
+        # sys.exit() or raising KeyboardInterrupt at import) must not take every command down
+        # with it: name it on stderr and go on without it.
         try:
             loaded = ep.load()
             if callable(loaded) and not isinstance(loaded, type):
                 loaded()
-        except Exception as exc:  # noqa: BLE001 - any failure inside foreign code
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:  # noqa: BLE001 - anything foreign code raises, exit() included
             warnings.warn(
                 f"fllab plugin {ep.name!r} ({ep.value}) failed to load and is skipped: "
-                f"{type(exc).__name__}: {exc}",
+                f"{type(exc).__name__}: {shorten(str(exc))}",
                 PluginWarning,
                 stacklevel=2,
             )

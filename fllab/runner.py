@@ -25,21 +25,28 @@ import csv
 import hashlib
 import io as _io
 import json
+import math
 import os
 import platform
 import shutil
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import yaml
 
 from . import __version__, tracking
-from .errors import ConfigError
+from .errors import ConfigError, FllabError
 from .io import append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_text, atomic_write_yaml
+from .limits import allocation_error, check_memory, check_work
+from .rundir import (
+    ARTEFACTS, ATTACKS, BASELINE_DIR, CELLS_DIR, CELLS_FILE, CONFIG, ENV, MARKER, PARTITION, RESULTS, ROUNDS, SUMMARY,
+    SWEEP_BASELINES, SWEEP_FILE, check_out, os_error_line, read_summary, writing_run, writing_sweep,
+)
 from .scenario.build import Setup, resolve
 from .scenario.loader import expand_sweep, validate_schema
 from .seeding import derive_seed
@@ -72,7 +79,13 @@ class Progress:
 
 @contextmanager
 def torch_threads(n: int | None) -> Iterator[None]:
+    """Run with ``n`` torch threads (the default when None); more than the machine's cores only
+    oversubscribe them, so they are cut to the core count with a warning."""
     old = torch.get_num_threads()
+    cores = os.cpu_count() or 1
+    if n and n > cores:
+        warnings.warn(f"threads: {n} is more than the {cores} cores of this machine; using {cores}", RuntimeWarning, stacklevel=3)
+        n = cores
     if n:
         torch.set_num_threads(n)
     try:
@@ -102,27 +115,7 @@ def default_out(name: str) -> Path:
     return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def prepare_out(out: Path, overwrite: bool) -> Path:
-    """Refuse to clobber a finished run unless asked; clear a stale partial run, keeping only its
-    finished no-attack twin (``baseline/``, checked against the config before it is reused)."""
-    if out.exists():
-        if not overwrite:
-            raise ConfigError(f"{out} already exists; pass --overwrite or choose another --out", "--out")
-        shutil.rmtree(out)
-    partial = out.with_name(out.name + ".partial")
-    if partial.exists():
-        for child in partial.iterdir():
-            if child.name == BASELINE_DIR and child.is_dir():
-                continue
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
-    partial.mkdir(parents=True, exist_ok=True)
-    return partial
-
-
 # ---------------------------------------------------------------------------- baselines
-BASELINE_DIR = "baseline"  # a single run's no-attack twin, inside its run directory
-SWEEP_BASELINES = "baselines"  # a sweep's twins that no cell provides, by key
-
 #: a run's twin: ``provider(setup) -> (twin summary, where the twin's run directory is)``
 BaselineProvider = Callable[[Setup], tuple[dict[str, Any], str]]
 
@@ -160,9 +153,9 @@ def baseline_setup(setup: Setup) -> Setup:
 def cached_run(setup: Setup, run_dir: Path, *, quiet: bool) -> dict[str, Any]:
     """The summary of ``run_dir`` when it holds a finished run of exactly ``setup``'s config;
     otherwise run ``setup`` there (atomically) and return its summary."""
-    summary, config = run_dir / "summary.json", run_dir / "config.resolved.yaml"
-    if summary.is_file() and config.is_file() and yaml.safe_load(config.read_text()) == setup.resolved:
-        return json.loads(summary.read_text())
+    summary, config = read_summary(run_dir), run_dir / CONFIG
+    if summary is not None and config.is_file() and yaml.safe_load(config.read_text()) == setup.resolved:
+        return summary
     return execute(setup, run_dir, quiet=quiet, overwrite=True, report=False)
 
 
@@ -172,85 +165,140 @@ def baseline_metrics(accuracy: float, twin: dict[str, Any]) -> dict[str, float]:
     return {"utility.baseline_accuracy": base, "poisoning.accuracy_drop": base - accuracy}
 
 
+def preflight(setup: Setup) -> Engine:
+    """Everything ``run`` can refuse before training, shared by ``validate`` so both refuse with the
+    same line: the data, the partition and the model (:meth:`Engine.prepare`), the memory and work
+    estimates (:mod:`fllab.limits`), each defense's ``preflight(client_sizes=, algorithm=)`` and the
+    LPIPS weights an inversion attack is scored with.  Nothing is written."""
+    engine = Engine(setup)
+    try:
+        engine.prepare()
+    except (MemoryError, RuntimeError) as err:  # e.g. a model too large to allocate at all
+        reason = allocation_error(err)
+        if reason is None:
+            raise
+        raise ConfigError(reason) from None
+    sizes = [len(d) for d in engine.federation.client_data]
+    check_memory(setup, int(engine.server.global_params.numel()))
+    check_work(setup, sizes)
+    for i, comp in enumerate(setup.defenses):  # e.g. dp_sgd calibrates its target epsilon per client size
+        hook = getattr(comp, "preflight", None)
+        if hook is not None:
+            try:
+                hook(client_sizes=sizes, algorithm=setup.algorithm)
+            except ValueError as err:
+                raise ConfigError(str(err), f"defenses.{i}") from None
+    if any(a.family == "inversion" and getattr(a.params, "lpips", True) for a in setup.attacks):
+        from .metrics.image import lpips_model
+
+        lpips_model("cpu")  # scored after training: missing or corrupt weights are refused now
+    return engine
+
+
+def diverged(result: Any) -> bool:
+    """Whether training went non-finite: a non-finite global model or evaluated loss."""
+    losses = [r["test_loss"] for r in result.rounds if "test_loss" in r]
+    return not bool(torch.isfinite(result.final_params).all()) or not all(math.isfinite(x) for x in losses)
+
+
 def execute(
     setup: Setup, out: Path, *, quiet: bool = True, overwrite: bool = False, report: bool = True,
-    baseline: BaselineProvider | None = None,
+    baseline: BaselineProvider | None = None, protect: Sequence[str | os.PathLike] = (),
 ) -> dict[str, Any]:
-    """Run a resolved scenario and write its run directory; return the summary.
+    """Run a resolved scenario and write its run directory (:func:`fllab.rundir.writing_run`);
+    return the summary.
 
     When the scenario asks for a baseline (:func:`needs_baseline`), the twin comes from
     ``baseline`` (a sweep's provider) or is trained into ``<out>/baseline/``; its time is not
-    part of ``run.seconds``."""
+    part of ``run.seconds``.  Every check happens before the first file is written; an OS error
+    while writing (disk full) is one line naming the path and the unfinished directory."""
     sc = setup.scenario
-    if out.exists() and not overwrite:
-        raise ConfigError(f"{out} already exists; pass --overwrite or choose another --out", "--out")
+    twin_setup = baseline_setup(setup) if needs_baseline(setup) and baseline is None else None
+    check_out(out, overwrite=overwrite, protect=protect)  # before the data loads
     with torch_threads(sc.threads):
         device = pick_device(sc.device)
         t0 = time.perf_counter()
-        engine = Engine(setup)
-        engine.prepare()  # data, partition, model: config errors surface before anything is written
-        partial = prepare_out(out, overwrite)
-        twin: tuple[dict[str, Any], str] | None = None
-        if needs_baseline(setup):
-            started = time.perf_counter()
-            if baseline is None:
-                twin = cached_run(baseline_setup(setup), partial / BASELINE_DIR, quiet=quiet), BASELINE_DIR
-            else:
-                twin = baseline(setup)
-            t0 += time.perf_counter() - started  # the twin's training is not this run's time
-        tracker = tracking.from_config(sc.tracking, sc.name)
-        atomic_write_yaml(partial / "config.resolved.yaml", setup.resolved)
-        atomic_write_json(partial / "env.json", env_info(setup, device))
-        bar = Progress(sc.federation.rounds, sc.name, quiet)
-        rounds_path = partial / "rounds.jsonl"
+        engine = preflight(setup)  # config errors surface before anything is written
+        with writing_run(out, overwrite=overwrite, protect=protect, keep=(BASELINE_DIR,)) as partial:
+            try:
+                summary = _train(setup, engine, partial, device, t0, quiet=quiet, report=report, baseline=baseline, twin_setup=twin_setup)
+            except OSError as err:
+                raise FllabError(f"{os_error_line(err)} (the unfinished run is left in {partial})") from None
+    if summary["status"] == "diverged":
+        warnings.warn(f"{sc.name}: training diverged (non-finite loss or weights); lower the learning rate", RuntimeWarning, stacklevel=2)
+    return summary
+
+
+def _train(
+    setup: Setup, engine: Engine, partial: Path, device: str, t0: float, *, quiet: bool, report: bool,
+    baseline: BaselineProvider | None, twin_setup: Setup | None,
+) -> dict[str, Any]:
+    """Train ``setup`` into the claimed ``partial`` directory; return the summary."""
+    sc = setup.scenario
+    twin: tuple[dict[str, Any], str] | None = None
+    if needs_baseline(setup):
+        started = time.perf_counter()
+        if twin_setup is not None:
+            twin = cached_run(twin_setup, partial / BASELINE_DIR, quiet=quiet), BASELINE_DIR
+        else:
+            assert baseline is not None
+            twin = baseline(setup)
+        t0 += time.perf_counter() - started  # the twin's training is not this run's time
+    tracker = tracking.from_config(sc.tracking, sc.name)
+    atomic_write_yaml(partial / CONFIG, setup.resolved)
+    atomic_write_json(partial / ENV, env_info(setup, device))
+    bar = Progress(sc.federation.rounds, sc.name, quiet)
+    rounds_path = partial / ROUNDS
+    if tracker:
+        tracker.on_start(partial, setup.resolved)
+
+    def on_round(record: dict[str, Any]) -> None:
+        append_jsonl(rounds_path, record)
         if tracker:
-            tracker.on_start(partial, setup.resolved)
+            tracker.on_round(record)
+        if "test_accuracy" in record:
+            bar.note(acc=record["test_accuracy"])
 
-        def on_round(record: dict[str, Any]) -> None:
-            append_jsonl(rounds_path, record)
-            if tracker:
-                tracker.on_round(record)
-            if "test_accuracy" in record:
-                bar.note(acc=record["test_accuracy"])
-
-        engine.on_round, engine.progress = on_round, bar
-        try:
-            result = engine.run()
-        finally:
-            bar.close()
-        seconds = time.perf_counter() - t0
-    metrics = {**result.metrics, "run.seconds": seconds}
+    engine.on_round, engine.progress = on_round, bar
+    try:
+        result = engine.run()
+    finally:
+        bar.close()
+    metrics = {**result.metrics, "run.seconds": time.perf_counter() - t0}
     if twin is not None:
         metrics.update(baseline_metrics(result.metrics["utility.accuracy"], twin[0]))
-    atomic_write_json(partial / "partition.json", result.partition)
+    atomic_write_json(partial / PARTITION, result.partition)
     if result.attacks:
         atomic_write_json(
-            partial / "attacks.json",
+            partial / ATTACKS,
             {name: {"family": o.family, "metrics": o.metrics, "table": o.table} for name, o in result.attacks.items()},
         )
         for name, outcome in result.attacks.items():
             for rel, blob in outcome.files.items():
-                atomic_write_bytes(partial / "artefacts" / name / rel, blob)
-    summary = {"name": sc.name, "seed": sc.seed, "status": "ok", "metrics": metrics}
+                atomic_write_bytes(partial / ARTEFACTS / name / rel, blob)
+    summary = {"name": sc.name, "seed": sc.seed, "status": "diverged" if diverged(result) else "ok", "metrics": metrics}
     if twin is not None:
         summary["baseline"] = twin[1]
-    atomic_write_json(partial / "summary.json", summary)
+    atomic_write_json(partial / SUMMARY, summary)
     if report:
         from .report import build_report
 
         build_report(partial)
     if tracker:
         tracker.on_finish(partial, summary)
-    os.replace(partial, out)
     return summary
 
 
-def run_scenario(data: dict[str, Any], out: Path | None = None, *, quiet: bool = True, overwrite: bool = False) -> tuple[Path, dict[str, Any]]:
-    """Validate a scenario mapping (no sweep), run it, return (run dir, summary)."""
+def run_scenario(
+    data: dict[str, Any], out: Path | None = None, *, quiet: bool = True, overwrite: bool = False,
+    protect: Sequence[str | os.PathLike] = (),
+) -> tuple[Path, dict[str, Any]]:
+    """Validate a scenario mapping (no sweep), run it, return (run dir, summary).  ``protect``:
+    paths ``--overwrite`` must never remove (the scenario file)."""
     scenario = validate_schema(data)
     setup = resolve(scenario)
-    out = Path(out) if out else default_out(scenario.name)
-    return out, execute(setup, out, quiet=quiet, overwrite=overwrite)
+    out = Path(out) if out is not None else default_out(scenario.name)
+    return out, execute(setup, out, quiet=quiet, overwrite=overwrite, protect=protect)
 
 
 # ----------------------------------------------------------------------------------- sweeps
@@ -268,10 +316,9 @@ def write_results_csv(sweep_dir: Path, cells: list[tuple[str, dict[str, Any], in
     a ``reason`` column says why a skipped cell was refused."""
     rows, summaries = [], []
     for cid, values, seed, _ in cells:
-        path = sweep_dir / "cells" / cid / "summary.json"
-        if not path.exists():
+        summary = read_summary(sweep_dir / CELLS_DIR / cid)
+        if summary is None:
             continue
-        summary = json.loads(path.read_text())
         summaries.append(summary)
         rows.append((cid, values, seed, summary))
     param_cols = list(cells[0][1].keys()) if cells else []
@@ -286,7 +333,7 @@ def write_results_csv(sweep_dir: Path, cells: list[tuple[str, dict[str, Any], in
              seed, summary["status"], *[summary.get("reason", "") for _ in reasons],
              *[summary["metrics"].get(m, "") for m in metric_cols]]
         )
-    atomic_write_text(sweep_dir / "results.csv", buf.getvalue())
+    atomic_write_text(sweep_dir / RESULTS, buf.getvalue())
     from .report.aggregate import write_aggregate
 
     write_aggregate(sweep_dir)  # aggregate.csv: mean, std and 95% CI per setting when seeds repeat
@@ -310,7 +357,7 @@ def resolve_cells(data: dict[str, Any]) -> list[Cell]:
                 baseline_setup(setup)
         except ConfigError as err:
             if not skip_invalid:
-                raise ConfigError(f"sweep cell {values}: {err}") from None
+                raise ConfigError(f"sweep cell {values}: {err}" if values else str(err)) from None
             resolved.append((cid, values, seed, str(err)))
             continue
         resolved.append((cid, values, seed, setup))
@@ -319,11 +366,8 @@ def resolve_cells(data: dict[str, Any]) -> list[Cell]:
 
 def copy_run(src: Path, dst: Path) -> None:
     """Copy a finished run directory to ``dst`` through ``dst.partial`` (atomic, like a run)."""
-    partial = dst.with_name(dst.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    shutil.copytree(src, partial)
-    os.replace(partial, dst)
+    with writing_run(dst, overwrite=True) as partial:
+        shutil.copytree(src, partial, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MARKER))
 
 
 class SweepRun:
@@ -344,14 +388,16 @@ class SweepRun:
                     self.clean.setdefault(baseline_key(setup.resolved), i)
 
     def cell_dir(self, i: int) -> Path:
-        return self.dir / "cells" / self.cells[i][0]
+        return self.dir / CELLS_DIR / self.cells[i][0]
 
     def summary(self, i: int) -> dict[str, Any]:
         """Cell ``i``'s summary, running the cell first when it has none."""
-        path = self.cell_dir(i) / "summary.json"
-        if not path.exists():
+        summary = read_summary(self.cell_dir(i))
+        if summary is None:
             self._run(i)
-        return json.loads(path.read_text())
+            summary = read_summary(self.cell_dir(i))
+        assert summary is not None
+        return summary
 
     def _run(self, i: int) -> None:
         cid, values, seed, setup = self.cells[i]
@@ -359,7 +405,8 @@ class SweepRun:
         if not self.quiet:
             print(f"[{i + 1}/{len(self.cells)}] {cid} {values}", file=sys.stderr)
         if isinstance(setup, str):  # refused combination: recorded, never trained
-            atomic_write_json(out / "summary.json", {"name": self.name, "seed": seed, "status": "skipped", "reason": setup, "metrics": {}})
+            with writing_run(out, overwrite=True) as partial:
+                atomic_write_json(partial / SUMMARY, {"name": self.name, "seed": seed, "status": "skipped", "reason": setup, "metrics": {}})
         elif self.first[i] != i:  # the same run as an earlier cell: copy it
             self.summary(self.first[i])
             copy_run(self.cell_dir(self.first[i]), out)
@@ -386,21 +433,31 @@ class SweepRun:
 
 
 def run_sweep(data: dict[str, Any], out: Path | None = None, *, quiet: bool = True) -> tuple[Path, int, int]:
-    """Run every cell not yet finished; return (sweep dir, cells run now, cells total)."""
-    cells = resolve_cells(data)
+    """Run every cell not yet finished; return (sweep dir, cells run now, cells total).  The sweep
+    directory is claimed (locked) for the whole sweep, each cell's run directory while it runs."""
     scenario = validate_schema(data)
-    sweep_dir = Path(out) if out else Path("runs") / f"{scenario.name}-sweep"
-    previous = sweep_dir / "sweep.yaml"
-    if previous.exists() and yaml.safe_load(previous.read_text()) != data:
+    cells = resolve_cells(data)
+    sweep_dir = Path(out) if out is not None else Path("runs") / f"{scenario.name}-sweep"
+    previous = sweep_dir / SWEEP_FILE
+    if previous.is_file() and not same_sweep(yaml.safe_load(previous.read_text(encoding="utf-8")), data):
         raise ConfigError(f"{sweep_dir} holds a different sweep; choose another --out or delete it", "--out")
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_yaml(previous, data)
-    atomic_write_json(sweep_dir / "cells.json", [{"cell": c, "values": v, "seed": s} for c, v, s, _ in cells])
-    ran = SweepRun(sweep_dir, scenario.name, cells, quiet=quiet).run()
-    from .report import build_sweep_report
+    with writing_sweep(sweep_dir):
+        atomic_write_yaml(previous, data)
+        atomic_write_json(sweep_dir / CELLS_FILE, [{"cell": c, "values": v, "seed": s} for c, v, s, _ in cells])
+        try:
+            ran = SweepRun(sweep_dir, scenario.name, cells, quiet=quiet).run()
+            from .report import build_sweep_report
 
-    build_sweep_report(sweep_dir)
+            build_sweep_report(sweep_dir)
+        except OSError as err:
+            raise FllabError(f"{os_error_line(err)} (the sweep resumes from its finished cells when re-run)") from None
     return sweep_dir, ran, len(cells)
+
+
+def same_sweep(stored: Any, data: dict[str, Any]) -> bool:
+    """Whether the ``sweep.yaml`` a sweep directory holds describes ``data`` (compared as written,
+    so values YAML and JSON spell differently, like ``.inf``, still match)."""
+    return json.dumps(stored, sort_keys=True, default=str) == json.dumps(yaml.safe_load(dump_yaml(data)), sort_keys=True, default=str)
 
 
 def has_sweep(data: dict[str, Any]) -> bool:

@@ -73,6 +73,10 @@ class Digits:
     def __init__(self, params: Params):
         self.params = params
 
+    def signature(self) -> tuple[tuple[int, ...], int]:
+        """Input shape and number of classes, known without loading (``validate --no-data``)."""
+        return (1, 8, 8), 10
+
     def load(self) -> DatasetBundle:
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
@@ -126,6 +130,10 @@ class _IdxDataset:
             fetch_verified([m + name for m in lay.mirrors], target / name, lay.gz_md5[role], "md5")
         return mnist.find_idx_files(target)
 
+    def signature(self) -> tuple[tuple[int, ...], int]:
+        """Input shape and number of classes, known without loading (``validate --no-data``)."""
+        return (1, *self.layout.image_hw), len(self.layout.class_names)
+
     def load(self) -> DatasetBundle:
         train, test = mnist.read_idx_split(self.files(), self.layout, self.params.verify)
         lay = self.layout
@@ -164,6 +172,10 @@ class _CifarDataset:
     def label_choice(self) -> tuple[int, int, str]:
         """(label byte index, number of classes, names file) of the labels used."""
         return 0, self.layout.num_classes, self.layout.names_file
+
+    def signature(self) -> tuple[tuple[int, ...], int]:
+        """Input shape and number of classes, known without loading (``validate --no-data``)."""
+        return (3, 32, 32), self.label_choice()[1]
 
     def source(self) -> tuple[Path, bool]:
         """The extracted folder or archive, and whether it was just downloaded (hence already checked)."""

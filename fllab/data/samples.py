@@ -39,6 +39,10 @@ class Cifar10Samples:
     def __init__(self, params: NoParams):
         self.params = params
 
+    def signature(self) -> tuple[tuple[int, ...], int]:
+        """Input shape and number of classes, known without loading (``validate --no-data``)."""
+        return (3, 32, 32), 10
+
     def load(self) -> DatasetBundle:
         x, y = read_samples()
         return make_bundle("cifar10_samples", (x, y), (x, y), 10, CIFAR10_CLASSES)

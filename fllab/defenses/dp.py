@@ -217,6 +217,17 @@ class DPSGD:
         with torch.device("meta"):
             check_dp_model(model.build())
 
+    def preflight(self, *, client_sizes: Sequence[int], algorithm: Any) -> None:
+        """Calibrate ``target_epsilon`` for every client size before training (what the first round
+        would do), so that an unreachable budget is refused by ``validate`` and before ``run``
+        writes anything, with the same line."""
+        batch_size = getattr(getattr(algorithm, "params", None), "batch_size", None)
+        steps_of = getattr(algorithm, "local_steps", None)
+        if self.params.target_epsilon is None or batch_size is None or steps_of is None:
+            return
+        for n in sorted(set(client_sizes)):
+            self.noise_multiplier_for(min(batch_size, n) / n, steps_of(n))
+
     def noise_multiplier_for(self, sample_rate: float, steps: int) -> float:
         """sigma for a client sampling at ``sample_rate`` for ``steps`` local steps per round."""
         p = self.params

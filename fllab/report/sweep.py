@@ -29,6 +29,7 @@ from .results import AGGREGATE, DEFINITION, RESULTS, SweepResults, load_results
 from .rundir import ARTEFACTS, attack_scores, defense_names
 from .tables import Table, fmt, fmt_spread, records_table, short_names
 from ..errors import ConfigError
+from ..io import read_text
 
 CELLS = "cells"
 #: header of the settings table's seed-count column
@@ -372,7 +373,7 @@ def sweep_context(sweep_dir: Path, x: str | None = None, y: str | None = None) -
     toc += ([("privacy", "Privacy")] if privacy else []) + ([("grid", "Grid")] if heatmaps else [])
     toc += ([("settings", "Settings")] if aggregated else []) + [("cells", "All cells")]
     definition = sweep_dir / DEFINITION
-    definition_text = definition.read_text(encoding="utf-8") if definition.is_file() else None
+    definition_text = read_text(definition) if definition.is_file() else None
     name = _sweep_name(definition_text) if definition_text else None
     toc += [("definition", "Sweep definition")] if definition_text is not None else []
     return {

@@ -110,3 +110,35 @@ def check_capabilities(setup: Setup) -> None:
                 f"algorithm {setup.algorithm.registry_name} sends a {sends}",
                 f"defenses.{i}",
             )
+
+
+def plan_defenses(setup: Setup, model: Any) -> None:
+    """Let the defenses that calibrate to the federation and the model (``plan(rounds=,
+    num_clients=, clients_per_round=, model=)``) do so; a refusal is a ConfigError naming the
+    defense.  ``model`` is a :class:`~fllab.types.ModelHandle`."""
+    fed = setup.scenario.federation
+    for i, defense in enumerate(setup.defenses):
+        if hasattr(defense, "plan"):
+            try:
+                defense.plan(rounds=fed.rounds, num_clients=fed.num_clients, clients_per_round=fed.per_round, model=model)
+            except ValueError as err:
+                raise ConfigError(str(err), f"defenses.{i}") from None
+
+
+def model_handle(setup: Setup, input_shape: tuple[int, ...], num_classes: int) -> Any:
+    """The scenario's model factory for this data shape, wrapped by bundles that change the
+    network (FRL, HyperFL)."""
+    from ..types import ModelHandle
+
+    build = lambda: setup.model.build(input_shape, num_classes)  # noqa: E731
+    wrap = getattr(setup.algorithm, "wrap_model", None)
+    return ModelHandle(wrap(build) if wrap else build, input_shape, num_classes)
+
+
+def check_without_data(setup: Setup) -> None:
+    """What can be checked of the model without loading the data (``validate --no-data``): when
+    the dataset states its ``signature()`` (input shape, classes), the defenses plan against the
+    model built on the meta device (e.g. dp_sgd refuses batch norm, as ``run`` does)."""
+    signature = getattr(setup.dataset, "signature", None)
+    if signature is not None:
+        plan_defenses(setup, model_handle(setup, *signature()))

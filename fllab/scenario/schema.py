@@ -8,15 +8,21 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from pydantic import ConfigDict, Field, NonNegativeInt, PositiveInt, field_validator, model_validator
+
+from ..registry import StrictModel
 from ..tracking.config import TrackingCfg
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, field_validator, model_validator
+
+#: torch intra-op threads a scenario may ask for (more is refused; more than the machine's cores
+#: is cut to the core count with a warning)
+MAX_THREADS = 1024
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Strict(StrictModel):
+    """Schema sections: strict values (:class:`~fllab.registry.StrictModel`), unknown keys refused."""
 
 
-class Component(BaseModel):
+class Component(StrictModel):
     """``name`` plus that component's own parameters (checked against its ``Params``)."""
 
     model_config = ConfigDict(extra="allow")
@@ -78,7 +84,7 @@ class SweepCfg(Strict):
         default_factory=dict,
         description="named axes: axis -> case label -> {dotted path: value}; crossed with the grid and each other",
     )
-    seeds: list[int] = Field(default_factory=list, description="root seeds; empty = the scenario's seed")
+    seeds: list[NonNegativeInt] = Field(default_factory=list, description="root seeds; empty = the scenario's seed")
     skip_invalid: bool = Field(
         False, description="record cells whose combination is refused (e.g. an attack the algorithm cannot host) as skipped"
     )
@@ -97,7 +103,9 @@ class Scenario(Strict):
     description: str = ""
     seed: NonNegativeInt = 0
     device: Literal["cpu", "cuda", "auto"] = "cpu"
-    threads: PositiveInt | None = Field(None, description="torch intra-op threads; null = torch default")
+    threads: PositiveInt | None = Field(
+        None, le=MAX_THREADS, description="torch intra-op threads; null = torch default; more than the machine's cores are cut to the core count"
+    )
     task: TaskCfg
     federation: FederationCfg
     algorithm: Component

@@ -1,0 +1,253 @@
+"""The run directory: its file names, how it is claimed, written and replaced, and its summary.
+
+One module owns the layout so that the runner, the CLI and the reports agree (issue 14).  The
+guarantees (issue 10):
+
+* **Whole or absent.**  A run is written into ``<out>.partial`` and renamed to ``<out>`` when
+  complete; files inside are written atomically (:mod:`fllab.io`).
+* **Only fllab's own directories are replaced.**  Every run and sweep directory holds the marker
+  file :data:`MARKER`.  ``--overwrite`` replaces a directory only when it carries that marker, and
+  never the working directory, ``$HOME``, ``/`` or a directory holding a protected path (the
+  scenario file): one line, exit 2, nothing touched.
+* **One writer at a time.**  The marker doubles as an exclusive advisory lock
+  (:func:`fcntl.flock`), held while a run (or sweep, or sweep cell) writes; a second writer gets
+  one line naming the holder's pid and host.  The kernel drops the lock when the holder dies, so a
+  killed run never leaves a stale lock.
+* **OS errors are one line.**  A directory that cannot be created (read-only, under a file,
+  name too long, ``/proc``) is a :class:`ConfigError` naming the path and the cause; any parent
+  created on the way is removed again.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import shutil
+import socket
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from .errors import ConfigError, FllabError
+
+# ----------------------------------------------------------------------------------- names
+MARKER = ".fllab"  # marker + lock file of every directory fllab writes
+PARTIAL_SUFFIX = ".partial"
+SUMMARY = "summary.json"
+CONFIG = "config.resolved.yaml"
+ENV = "env.json"
+ROUNDS = "rounds.jsonl"
+PARTITION = "partition.json"
+ATTACKS = "attacks.json"
+ARTEFACTS = "artefacts"
+BASELINE_DIR = "baseline"  # a single run's no-attack twin, inside its run directory
+# sweep directories
+SWEEP_FILE = "sweep.yaml"
+CELLS_FILE = "cells.json"
+CELLS_DIR = "cells"
+RESULTS = "results.csv"
+SWEEP_BASELINES = "baselines"  # a sweep's twins that no cell provides, by key
+
+
+def os_error_line(err: OSError, path: str | os.PathLike | None = None) -> str:
+    """``'<path>: <cause>'`` for an OS error (the path it names, else ``path``)."""
+    where = err.filename if err.filename is not None else path
+    cause = err.strerror or str(err)
+    return f"{where}: {cause}" if where is not None else cause
+
+
+def partial_of(out: Path) -> Path:
+    return out.with_name(out.name + PARTIAL_SUFFIX)
+
+
+def absolute(out: str | os.PathLike) -> Path:
+    """``out`` made absolute without resolving symlinks (``--out ""`` and ``.`` become the cwd, so
+    the protection rules see what they would touch)."""
+    return Path(os.path.abspath(os.fspath(out) or "."))
+
+
+# ----------------------------------------------------------------------------------- lock
+class Claim:
+    """An exclusive lock on a directory fllab writes, held through its :data:`MARKER` file."""
+
+    def __init__(self, directory: Path, kind: str):
+        self.directory, self.kind = directory, kind
+        marker = directory / MARKER
+        try:
+            fd = os.open(marker, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError as err:
+            raise ConfigError(f"cannot write {os_error_line(err, marker)}", "--out") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise ConfigError(f"cannot lock {os_error_line(err, marker)}", "--out") from None
+            raise ConfigError(f"{directory} is being written by {holder(directory)}; wait for it or choose another --out", "--out") from None
+        self.fd = fd
+        stamp = {"fllab": kind, "pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(stamp) + "\n").encode(), 0)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor drops the flock
+            self.fd = None
+
+    def __enter__(self) -> "Claim":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def holder(directory: Path) -> str:
+    """Who holds ``directory``'s lock, as recorded in its marker (best effort)."""
+    try:
+        stamp = json.loads((directory / MARKER).read_text(encoding="utf-8"))
+        return f"fllab pid {stamp['pid']} on {stamp['host']} (since {stamp['started']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another fllab process"
+
+
+def is_fllab_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink() and (path / MARKER).is_file()
+
+
+# ----------------------------------------------------------------------------------- creating
+def make_dirs(path: Path) -> None:
+    """``mkdir -p path``; on failure remove the parents it created and raise a ConfigError naming
+    the path and the cause."""
+    missing = []
+    p = path
+    while not p.exists() and not p.is_symlink() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    created = []
+    try:
+        for d in reversed(missing):
+            d.mkdir()
+            created.append(d)
+        if not path.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(path))
+    except OSError as err:
+        for d in reversed(created):
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+        raise ConfigError(f"cannot create {os_error_line(err, path)}", "--out") from None
+
+
+def _check_target(out: Path) -> None:
+    """Refuse an output path that is not (or cannot become) a plain directory."""
+    if out.is_symlink():
+        raise ConfigError(f"{out} is a symbolic link; give a plain directory", "--out")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} exists and is not a directory", "--out")
+
+
+def protected(out: Path, protect: Sequence[str | os.PathLike] = ()) -> str | None:
+    """Why ``out`` must never be replaced (None when it may be): it is ``/``, ``$HOME``, or holds
+    the working directory or one of ``protect`` (e.g. the scenario file)."""
+    real = out.resolve()
+    if real == real.parent:
+        return "it is the file-system root"
+    if real == Path.home().resolve():
+        return "it is your home directory"
+    for name, p in [("the working directory", Path.cwd()), *(("the scenario file", Path(q)) for q in protect)]:
+        r = Path(p).resolve()
+        if r == real or real in r.parents:
+            return f"it holds {name} ({p})"
+    return None
+
+
+def replaceable(out: Path, protect: Sequence[str | os.PathLike] = ()) -> None:
+    """Raise a ConfigError unless ``out`` is a directory fllab wrote that may be replaced."""
+    why = protected(out, protect)
+    if why is None and not is_fllab_dir(out):
+        why = f"it was not written by fllab (no {MARKER} marker)"
+    if why is not None:
+        raise ConfigError(f"refusing to replace {out}: {why}; choose another --out", "--out")
+
+
+def remove_tree(path: Path) -> None:
+    try:
+        shutil.rmtree(path)
+    except OSError as err:
+        raise ConfigError(f"cannot remove {os_error_line(err, path)}", "--out") from None
+
+
+def check_out(out: Path, *, overwrite: bool, protect: Sequence[str | os.PathLike] = ()) -> Path:
+    """The checks of :func:`writing_run` that need no writing: ``out`` (made absolute) is a plain
+    directory or absent; an existing one is refused unless ``overwrite`` and :func:`replaceable`."""
+    out = absolute(out)
+    _check_target(out)
+    if out.exists():
+        if not overwrite:
+            raise ConfigError(f"{out} already exists; pass --overwrite or choose another --out", "--out")
+        replaceable(out, protect)
+    _check_target(partial_of(out))
+    return out
+
+
+@contextmanager
+def writing_run(out: Path, *, overwrite: bool, protect: Sequence[str | os.PathLike] = (), keep: Sequence[str] = ()) -> Iterator[Path]:
+    """Claim ``out`` for a run and yield its locked ``.partial`` directory (cleared except for
+    ``keep``); on normal exit the partial directory replaces ``out``.
+
+    ``out`` that exists is refused unless ``overwrite`` and :func:`replaceable`.  On an exception
+    the partial directory stays (a finished no-attack twin inside it is reused by the re-run)."""
+    out = check_out(out, overwrite=overwrite, protect=protect)
+    partial = partial_of(out)
+    fresh = not partial.exists()
+    make_dirs(partial)
+    try:
+        claim = Claim(partial, "run")
+    except ConfigError:
+        if fresh:
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
+    with claim:
+        for child in partial.iterdir():
+            if child.name == MARKER or child.name in keep:
+                continue
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        yield partial
+        if out.exists():  # replaced only now, when the new run is whole
+            replaceable(out, protect)
+            with Claim(out, "run"):
+                remove_tree(out)
+        os.replace(partial, out)
+
+
+@contextmanager
+def writing_sweep(sweep_dir: Path) -> Iterator[Path]:
+    """Claim a sweep directory (created when missing) for the duration of a sweep.  A directory
+    that exists, is not empty and is no sweep fllab wrote (marker, or a ``sweep.yaml`` from before
+    markers existed) is refused: a sweep only adds to its own directory."""
+    sweep_dir = absolute(sweep_dir)
+    _check_target(sweep_dir)
+    ours = is_fllab_dir(sweep_dir) or (sweep_dir / SWEEP_FILE).is_file()
+    if sweep_dir.exists() and not ours and any(sweep_dir.iterdir()):
+        raise ConfigError(f"{sweep_dir} is not empty and not a directory fllab wrote (no {MARKER} marker); choose another --out", "--out")
+    make_dirs(sweep_dir)
+    with Claim(sweep_dir, "sweep"):
+        yield sweep_dir
+
+
+# ----------------------------------------------------------------------------------- reading
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """The run's ``summary.json`` (None when the run has not finished)."""
+    path = run_dir / SUMMARY
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise FllabError(f"{path}: cannot read JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise FllabError(f"{path}: expected a JSON object")
+    return data
