@@ -25,10 +25,10 @@ import platform
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Annotated, Any, Callable, Literal
 
 import numpy as np
-from pydantic import Field, PositiveFloat, ValidationError, field_validator
+from pydantic import AfterValidator, Field, PositiveFloat, ValidationError, field_validator
 
 from ...errors import ConfigError
 from ...io import atomic_write_bytes, atomic_write_json, atomic_write_yaml
@@ -36,6 +36,14 @@ from ...registry import Params, format_validation_error
 from .attacks import ATTACKS
 from .audit import audit_mechanism
 from .oracles import ORACLES, make_oracle
+
+
+def _known_mechanism(name: str) -> str:
+    try:
+        ORACLES.get_class(name)
+    except ConfigError as err:  # re-raised as ValueError so that pydantic adds the YAML path
+        raise ValueError(str(err)) from None
+    return name
 
 
 class AuditGrid(Params):
@@ -46,19 +54,9 @@ class AuditGrid(Params):
     alpha: float = Field(0.01, gt=0.0, lt=1.0, description="Clopper-Pearson level")
     delta: float = Field(1e-5, gt=0.0, lt=1.0, description="delta of the approximate mechanisms")
     attacks: list[Literal["paper", "optimal"]] = Field(default_factory=lambda: list(ATTACKS), min_length=1)
-    mechanisms: list[str] = Field(min_length=1)
+    mechanisms: list[Annotated[str, AfterValidator(_known_mechanism)]] = Field(min_length=1)
     epsilons: list[PositiveFloat] = Field(min_length=1)
     domain_sizes: list[int] = Field(min_length=1)
-
-    @field_validator("mechanisms")
-    @classmethod
-    def _known(cls, names: list[str]) -> list[str]:
-        for name in names:
-            try:
-                ORACLES.get_class(name)
-            except ConfigError as err:  # re-raised as ValueError so pydantic adds the YAML path
-                raise ValueError(str(err)) from None
-        return names
 
     @field_validator("domain_sizes")
     @classmethod
