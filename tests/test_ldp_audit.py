@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from fllab.cli import main
 from fllab.privacy.ldp import ORACLES, audit_blackbox, audit_mechanism, make_oracle
 from fllab.privacy.ldp.bounds import epsilon_from_counts, learn_threshold
+from fllab.privacy.ldp.grid import build_audit_report
 from fllab.privacy.ldp.numeric import duchi, piecewise
 from fllab.privacy.ldp.oracles import PureParams
 from fllab.privacy.ldp.testing import NeverClearedSUE
@@ -185,6 +186,9 @@ def test_audit_ldp_writes_an_audit_directory_with_a_report(tmp_path, write_yaml)
     md = (out / "report.md").read_text()
     assert "figures/epsilon_paper.png" in md and "figures/epsilon_optimal.png" in md and "No cell is audited above" in md
     assert (out / "figures" / "epsilon_optimal.png").stat().st_size > 1000 and (out / "report.html").exists()
+    (out / "report.md").unlink()
+    build_audit_report(out)  # data first, report second: rebuilt from the directory alone
+    assert (out / "report.md").read_text() == md
     again = CliRunner().invoke(main, ["audit-ldp", str(write_yaml(GRID)), "--out", str(out)])
     assert again.exit_code == 2 and "already exists" in again.output
 

@@ -11,10 +11,11 @@ A scenario file (YAML, unknown keys refused)::
     epsilons: [0.5, 1, 2, 4, 6]
     domain_sizes: [25, 200]
 
-The output directory holds ``config.resolved.yaml``, ``audit.csv`` (one row per cell: the
+The output directory holds ``config.resolved.yaml``, ``env.json``, ``audit.csv`` (one row per cell: the
 settings, ``epsilon_lower_bound``, its ratio to epsilon, the Clopper-Pearson rates, counts,
 seconds, the test), ``summary.json`` and ``report.md`` / ``report.html`` with one figure per
-attack in the paper's style (empirical against nominal epsilon, a panel per domain size).
+attack in the paper's style (empirical against nominal epsilon, a panel per domain size); the
+report is rebuilt from the data files alone by :func:`build_audit_report`.
 """
 from __future__ import annotations
 
@@ -129,10 +130,19 @@ def _report_context(grid: AuditGrid, rows: list[dict[str, Any]], out: Path, seco
     return {"title": grid.name, "description": grid.description, "meta": meta, "figures": figures, "table": table, "verdict": verdict}
 
 
-def write_audit(grid: AuditGrid, rows: list[dict[str, Any]], out: Path, seconds: float) -> None:
-    """Write the output directory (module docstring) into ``out``."""
-    from ...report.output import write_report
+_INT_COLUMNS = {"k", "tp", "fp", "trials", "evaluated"}
+_TEXT_COLUMNS = {"mechanism", "attack", "test"}
 
+
+def read_rows(out: Path) -> list[dict[str, Any]]:
+    """The rows of ``audit.csv`` with their types restored."""
+    with open(out / "audit.csv", newline="", encoding="utf-8") as fh:
+        return [{key: value if key in _TEXT_COLUMNS else int(value) if key in _INT_COLUMNS else float(value)
+                 for key, value in row.items()} for row in csv.DictReader(fh)]
+
+
+def write_audit(grid: AuditGrid, rows: list[dict[str, Any]], out: Path, seconds: float) -> None:
+    """Write the data files (module docstring) into ``out``; the report is built from them."""
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_yaml(out / "config.resolved.yaml", grid.model_dump())
     atomic_write_bytes(out / "audit.csv", _csv(rows))
@@ -141,7 +151,17 @@ def write_audit(grid: AuditGrid, rows: list[dict[str, Any]], out: Path, seconds:
     metrics = {"ldp_audit.cells": len(rows), "ldp_audit.max_ratio": max(r["ratio"] for r in rows),
                "ldp_audit.cells_above_epsilon": int(above), "run.seconds": seconds}
     atomic_write_json(out / "summary.json", {"name": grid.name, "seed": grid.seed, "status": "ok", "metrics": metrics})
-    write_report(out, "ldp_audit", _report_context(grid, rows, out, seconds))
+
+
+def build_audit_report(out: str | Path) -> tuple[Path, Path]:
+    """(Re)build ``report.md`` / ``report.html`` of an audit directory from its data files alone."""
+    from ...report.output import write_report
+    from ...scenario.loader import read_yaml
+
+    out = Path(out)
+    grid = load_grid(read_yaml(out / "config.resolved.yaml"))
+    seconds = json.loads((out / "summary.json").read_text())["metrics"]["run.seconds"]
+    return write_report(out, "ldp_audit", _report_context(grid, read_rows(out), out, seconds))
 
 
 def audit_ldp_file(path: str | Path, out: Path | None, overwrite: bool,
@@ -165,6 +185,7 @@ def audit_ldp_file(path: str | Path, out: Path | None, overwrite: bool,
     if partial.exists():
         shutil.rmtree(partial)
     write_audit(grid, rows, partial, seconds)
+    build_audit_report(partial)
     if out.exists():
         shutil.rmtree(out)
     partial.rename(out)
