@@ -71,10 +71,11 @@ MIA = {
 
 
 def test_ldp_pushes_update_membership_inference_back_to_chance(tmp_path):
-    """Undefended, the update cosine separates a client's ~5 records from the rest (AUC > 0.8);
-    with the piecewise mechanism at epsilon = 10 per update it is at chance (within 0.15)."""
+    """Undefended, the update cosine separates a client's ~5 records from the rest (AUC 0.91);
+    with the piecewise mechanism at epsilon = 1 per update it is at chance (measured 0.49; at
+    epsilon = 10 it keeps some signal, 0.645: docs/results.md)."""
     plain = fllab.run(MIA, tmp_path / "plain")[1]["metrics"]
-    defended = fllab.run({**MIA, "defenses": [{"name": "ldp_update", "epsilon": 10.0, "clip": 0.05}]}, tmp_path / "ldp")[1]["metrics"]
+    defended = fllab.run({**MIA, "defenses": [{"name": "ldp_update", "epsilon": 1.0, "clip": 0.05}]}, tmp_path / "ldp")[1]["metrics"]
     assert plain["membership.auc"] > 0.8
-    assert abs(defended["membership.auc"] - 0.5) < 0.15
-    assert defended["privacy.epsilon"] == 10.0
+    assert abs(defended["membership.auc"] - 0.5) < 0.1
+    assert defended["privacy.epsilon"] == 1.0
