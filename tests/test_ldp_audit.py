@@ -193,6 +193,22 @@ def test_audit_ldp_writes_an_audit_directory_with_a_report(tmp_path, write_yaml)
     assert again.exit_code == 2 and "already exists" in again.output
 
 
+def test_audit_ldp_in_two_processes_gives_the_same_cells(tmp_path, write_yaml):
+    small = "name: s\ntrials: 3000\nmechanisms: [grr, oue]\nepsilons: [1, 2]\ndomain_sizes: [5]\n"
+    outs = [tmp_path / "one", tmp_path / "two"]
+    for out, jobs in zip(outs, ("1", "2")):
+        res = CliRunner().invoke(main, ["audit-ldp", str(write_yaml(small)), "--out", str(out), "--jobs", jobs, "-q"])
+        assert res.exit_code == 0, res.output
+    one, two = (build_rows(out) for out in outs)
+    assert one == two and len(one) == 8
+
+
+def build_rows(out):
+    from fllab.privacy.ldp.grid import read_rows
+
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in read_rows(out)]
+
+
 @pytest.mark.parametrize(
     "text, message",
     [

@@ -25,6 +25,7 @@ import json
 import platform
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal
 
@@ -79,23 +80,40 @@ def cells(grid: AuditGrid) -> list[tuple[str, int, float, str]]:
     return [(m, k, float(e), a) for m in grid.mechanisms for k in grid.domain_sizes for e in grid.epsilons for a in grid.attacks]
 
 
-def run_grid(grid: AuditGrid, progress: Callable[[int, int, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """One result row per cell (module docstring)."""
-    rows = []
+def audit_cell(grid: AuditGrid, name: str, k: int, eps: float, attack: str) -> dict[str, Any]:
+    """One cell's result row.  Its randomness depends on the cell only (seeded by the grid's seed,
+    mechanism, attack, epsilon, k and input), so cells may run in any order or process."""
+    mech = make_oracle(name, eps, k, grid.delta if ORACLES[name].approximate else 0.0)
+    res = audit_mechanism(mech, attack, grid.trials, alpha=grid.alpha, seed=grid.seed)
+    return {
+        "mechanism": name, "k": k, "epsilon": eps, "delta": mech.delta, "attack": attack,
+        "epsilon_lower_bound": res.epsilon_lower_bound, "ratio": res.epsilon_lower_bound / eps,
+        "tpr_low": res.tpr_low, "fpr_up": res.fpr_up, "tp": res.tp, "fp": res.fp,
+        "trials": res.trials, "evaluated": res.evaluated, "seconds": res.seconds, "test": res.test,
+    }
+
+
+def run_grid(grid: AuditGrid, progress: Callable[[int, int, dict[str, Any]], None] | None = None,
+             jobs: int = 1) -> list[dict[str, Any]]:
+    """One result row per cell, in the grid's order (module docstring); ``jobs`` worker
+    processes audit cells in parallel with the same results."""
     todo = cells(grid)
-    for i, (name, k, eps, attack) in enumerate(todo):
-        mech = make_oracle(name, eps, k, grid.delta if ORACLES[name].approximate else 0.0)
-        res = audit_mechanism(mech, attack, grid.trials, alpha=grid.alpha, seed=grid.seed)
-        row = {
-            "mechanism": name, "k": k, "epsilon": eps, "delta": mech.delta, "attack": attack,
-            "epsilon_lower_bound": res.epsilon_lower_bound, "ratio": res.epsilon_lower_bound / eps,
-            "tpr_low": res.tpr_low, "fpr_up": res.fpr_up, "tp": res.tp, "fp": res.fp,
-            "trials": res.trials, "evaluated": res.evaluated, "seconds": res.seconds, "test": res.test,
-        }
-        rows.append(row)
+    rows: list[dict[str, Any] | None] = [None] * len(todo)
+
+    def done(i: int, row: dict[str, Any]) -> None:
+        rows[i] = row
         if progress:
-            progress(i + 1, len(todo), row)
-    return rows
+            progress(sum(r is not None for r in rows), len(todo), row)
+
+    if jobs <= 1:
+        for i, cell in enumerate(todo):
+            done(i, audit_cell(grid, *cell))
+    else:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            futures = {pool.submit(audit_cell, grid, *cell): i for i, cell in enumerate(todo)}
+            for future in as_completed(futures):
+                done(futures[future], future.result())
+    return [r for r in rows if r is not None]
 
 
 def _csv(rows: list[dict[str, Any]]) -> bytes:
@@ -165,7 +183,8 @@ def build_audit_report(out: str | Path) -> tuple[Path, Path]:
 
 
 def audit_ldp_file(path: str | Path, out: Path | None, overwrite: bool,
-                   progress: Callable[[int, int, dict[str, Any]], None] | None = None) -> tuple[Path, dict[str, Any]]:
+                   progress: Callable[[int, int, dict[str, Any]], None] | None = None,
+                   jobs: int = 1) -> tuple[Path, dict[str, Any]]:
     """Load, run and write a grid (the ``fllab audit-ldp`` command): ``(out, summary metrics)``.
     Everything is validated before any audit runs; the directory is written only at the end."""
     from ...runner import default_out
@@ -179,7 +198,7 @@ def audit_ldp_file(path: str | Path, out: Path | None, overwrite: bool,
         if not (out / "summary.json").exists():
             raise ConfigError(f"{out} was not written by fllab (no summary.json); refusing to overwrite it", "--out")
     start = time.perf_counter()
-    rows = run_grid(grid, progress)
+    rows = run_grid(grid, progress, jobs)
     seconds = time.perf_counter() - start
     partial = out.with_name(out.name + ".partial")
     if partial.exists():
