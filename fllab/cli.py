@@ -255,6 +255,27 @@ def report(run_dir: Path, x_metric: str | None, y_metric: str | None) -> None:
     click.echo(f"wrote {md} and {html}")
 
 
+@main.command(name="audit-ldp")
+@click.argument("scenario", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="output directory (default runs/NAME-TIME)")
+@click.option("--overwrite", is_flag=True, help="replace an existing audit directory")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="worker processes auditing cells in parallel")
+@quiet_option
+@guarded
+def audit_ldp(scenario: Path, out: Path | None, overwrite: bool, jobs: int, quiet: bool) -> None:
+    """Audit LDP frequency oracles (mechanisms x epsilons x domain sizes) with LDP-Auditor."""
+    from .privacy.ldp.grid import audit_ldp_file
+
+    def progress(done: int, total: int, row: dict[str, Any]) -> None:
+        if not quiet:
+            click.echo(f"[{done}/{total}] {row['mechanism']} k={row['k']} eps={row['epsilon']:g} {row['attack']}: "
+                       f"eps_emp={row['epsilon_lower_bound']:.3f} ({row['seconds']:.1f} s)", err=True)
+
+    out_dir, metrics = audit_ldp_file(scenario, out, overwrite, progress, jobs)
+    click.echo(f"{out_dir}: {metrics['ldp_audit.cells']} cells, {metrics['ldp_audit.cells_above_epsilon']} above epsilon, "
+               f"max eps_emp/eps {metrics['ldp_audit.max_ratio']:.3f}, {metrics['run.seconds']:.1f} s")
+
+
 def one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None) -> str:
     """Warnings on the command line read like its errors: one line, no source excerpt."""
     return f"warning: {message}\n"

@@ -7,7 +7,7 @@ from .defenses import aggregators  # noqa: F401
 from . import attacks  # noqa: F401
 from .defenses import secure_aggregation  # noqa: F401
 from .defenses import quantization, sketching, sparsification, update_noise  # noqa: F401
-from .defenses import dp, rqm  # noqa: F401
+from .defenses import dp, ldp_update, rqm  # noqa: F401
 from .algorithms import frl  # noqa: F401
 from .attacks import rank  # noqa: F401
 from .algorithms import hyperfl  # noqa: F401

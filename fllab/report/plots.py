@@ -489,3 +489,34 @@ def privacy_utility_figure(points: Sequence[Mapping[str, Any]], series_key: str,
         axes[-1].legend(handles.values(), handles.keys(), fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
 
     return _png((5.0 * len(x_metrics) + 2.8, 4.4), draw)
+
+
+def epsilon_audit_figure(rows: Sequence[Mapping[str, Any]], title: str) -> bytes:
+    """LDP-Auditor's figure style (Arcolezi & Gambs 2024, Fig. 2): the empirical epsilon against
+    the nominal one, one panel per domain size ``k``, one line per mechanism, the diagonal
+    ``eps_emp = eps`` (a sound mechanism stays on or below it) dashed.
+
+    ``rows`` carry ``mechanism``, ``k``, ``epsilon`` and ``epsilon_lower_bound``."""
+    ks = sorted({int(r["k"]) for r in rows})
+    mechanisms = list(dict.fromkeys(str(r["mechanism"]) for r in rows))
+    markers = "osD^v<>ph*XP"
+
+    def draw(fig: Figure) -> None:
+        axes = fig.subplots(1, len(ks), squeeze=False, sharey=True).ravel()
+        top = max(float(r["epsilon"]) for r in rows)
+        for ax, k in zip(axes, ks):
+            ax.plot([0, top], [0, top], linestyle="--", color=MUTED, linewidth=1, label="ε_emp = ε")
+            for i, name in enumerate(mechanisms):
+                pts = sorted((float(r["epsilon"]), float(r["epsilon_lower_bound"])) for r in rows
+                             if str(r["mechanism"]) == name and int(r["k"]) == k)
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=markers[i % len(markers)], markersize=4,
+                            linewidth=1.2, color=f"C{i % 6}", alpha=1.0 if i < 6 else 0.6,
+                            linestyle="-" if i < 6 else ":", label=name)
+            ax.set_title(f"{title}, k = {k}")
+            ax.set_xlabel("nominal ε")
+        axes[0].set_ylabel("empirical ε (lower bound)")
+        handles = {label: h for ax in axes for h, label in zip(*ax.get_legend_handles_labels())}
+        axes[-1].legend(handles.values(), handles.keys(), fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+
+    return _png((4.2 * len(ks) + 1.6, 3.8), draw)
