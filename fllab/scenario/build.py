@@ -67,6 +67,20 @@ def check_capabilities(setup: Setup) -> None:
         setup.aggregator.check(fed.per_round)
     except ValueError as err:
         raise ConfigError(f"{err} (federation.clients_per_round = {fed.per_round})", "aggregator") from None
+    if getattr(setup.algorithm, "needs_every_client", False) and fed.per_round != fed.num_clients:
+        raise ConfigError(
+            f"algorithm {setup.algorithm.registry_name} needs every client every round; remove clients_per_round "
+            f"(got {fed.per_round} of {fed.num_clients})",
+            "federation.clients_per_round",
+        )
+    if hasattr(setup.algorithm, "account"):  # one accountant owns privacy.epsilon
+        for i, defense in enumerate(setup.defenses):
+            if hasattr(defense, "account"):
+                raise ConfigError(
+                    f"algorithm {setup.algorithm.registry_name} accounts its own privacy; {defense.registry_name} would "
+                    "report a second epsilon: drop the defense",
+                    f"defenses.{i}",
+                )
     sends = setup.algorithm.sends.value
     names = [a.registry_name for a in setup.attacks]
     if len(set(names)) != len(names):

@@ -115,12 +115,13 @@ class Engine:
         self.model_handle = ModelHandle(wrap(build) if wrap else build, shape, classes)
         self.client_states: dict[int, Any] = {}
         fed = sc.federation
-        for i, defense in enumerate(self.setup.defenses):  # defenses that calibrate to the federation and model
-            if hasattr(defense, "plan"):
+        planners = [(self.setup.algorithm, "algorithm")] + [(d, f"defenses.{i}") for i, d in enumerate(self.setup.defenses)]
+        for component, path in planners:  # the algorithm and defenses that calibrate to the federation and model
+            if hasattr(component, "plan"):
                 try:
-                    defense.plan(rounds=fed.rounds, num_clients=fed.num_clients, clients_per_round=fed.per_round, model=self.model_handle)
+                    component.plan(rounds=fed.rounds, num_clients=fed.num_clients, clients_per_round=fed.per_round, model=self.model_handle)
                 except ValueError as err:
-                    raise ConfigError(str(err), f"defenses.{i}") from None
+                    raise ConfigError(str(err), path) from None
         self.privacy: dict[str, float] = {}  # latest privacy.* figures reported by accounting defenses
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(self.root, "init"))
@@ -258,8 +259,8 @@ class Engine:
                     "train_loss": float(np.mean([r.metrics.get("train_loss", float("nan")) for r in results])),
                     "clients": sampled,
                 }
-                for defense in setup.defenses:  # privacy spent so far, per accounting defense
-                    account = getattr(defense, "account", None)
+                for component in (setup.algorithm, *setup.defenses):  # privacy spent so far (accounting algorithm or defense)
+                    account = getattr(component, "account", None)
                     if account is not None:
                         spent = account(rnd, sampled, results, self.sc.federation.num_clients)
                         record.update(spent)
