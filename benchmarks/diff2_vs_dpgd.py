@@ -1,8 +1,9 @@
 """DIFF2 vs DP-GD at the same (epsilon, delta): pick the tuned configurations, then compare them.
 
-    python benchmarks/diff2_vs_dpgd.py pick TUNING_SWEEP_DIR
-        best configuration per algorithm of scenarios/dp/diff2_vs_dpgd_tuning.yaml's sweep: the
-        lowest mean final training loss over the tuning seeds (cases are named dpgd_* / diff2_*)
+    python benchmarks/diff2_vs_dpgd.py pick TUNING_SWEEP_DIR [TUNING_SWEEP_DIR ...]
+        best configuration per algorithm of scenarios/dp/diff2_vs_dpgd_tuning.yaml's sweep (its
+        seeds may be split over several sweep directories): the lowest mean final training loss
+        over the tuning seeds (cases are named dpgd_* / diff2_*)
 
     python benchmarks/diff2_vs_dpgd.py compare SWEEP_DIR [--out benchmarks/results/diff2_vs_dpgd]
         scenarios/dp/diff2_vs_dpgd.yaml's sweep (the picked configurations on fresh seeds): final
@@ -43,10 +44,14 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def pick(sweep: Path) -> dict[str, str]:
+def pick(sweeps: list[Path]) -> dict[str, str]:
     """Per algorithm prefix, the case with the lowest mean final training loss (diverged: inf)."""
+    merged: dict[str, list[dict]] = defaultdict(list)
+    for sweep in sweeps:
+        for label, runs in cells(sweep).items():
+            merged[label] += runs
     best: dict[str, tuple[float, str]] = {}
-    for label, runs in sorted(cells(sweep).items()):
+    for label, runs in sorted(merged.items()):
         algo = label.split("_", 1)[0]
         losses = [r["train_loss"] if r["train_loss"] == r["train_loss"] else float("inf") for r in runs]
         score = statistics.fmean(losses)
@@ -116,13 +121,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("pick")
-    p.add_argument("sweep", type=Path)
+    p.add_argument("sweeps", type=Path, nargs="+")
     c = sub.add_parser("compare")
     c.add_argument("sweep", type=Path)
     c.add_argument("--out", type=Path, default=Path("benchmarks/results/diff2_vs_dpgd"))
     args = parser.parse_args()
     if args.cmd == "pick":
-        print(json.dumps(pick(args.sweep)))
+        print(json.dumps(pick(args.sweeps)))
     else:
         compare(args.sweep, args.out)
 
