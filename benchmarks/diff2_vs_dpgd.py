@@ -5,8 +5,9 @@
         seeds may be split over several sweep directories): the lowest mean final training loss
         over the tuning seeds (cases are named dpgd_* / diff2_*)
 
-    python benchmarks/diff2_vs_dpgd.py compare SWEEP_DIR [--out benchmarks/results/diff2_vs_dpgd]
-        scenarios/dp/diff2_vs_dpgd.yaml's sweep (the picked configurations on fresh seeds): final
+    python benchmarks/diff2_vs_dpgd.py compare SWEEP_DIR [SWEEP_DIR ...] [--out benchmarks/results/diff2_vs_dpgd]
+        scenarios/dp/diff2_vs_dpgd.yaml's sweep (the picked configurations on fresh seeds, which may
+        be split over several sweep directories): final
         training loss, test accuracy, test loss and accounted epsilon side by side (mean, std and
         every seed), and the training-loss / test-accuracy curves (mean +- std over seeds), written
         as OUT.md, OUT.json and OUT.png
@@ -26,10 +27,11 @@ from collections import defaultdict
 from pathlib import Path
 
 
-def cells(sweep: Path) -> dict[str, list[dict]]:
-    """Finished cells by case label: each with its seed, rounds and summary metrics."""
+def cells(sweeps: list[Path]) -> dict[str, list[dict]]:
+    """Finished cells of the sweep directories by case label: each with its seed, rounds and
+    summary metrics."""
     out: dict[str, list[dict]] = defaultdict(list)
-    for cell in json.loads((sweep / "cells.json").read_text()):
+    for sweep, cell in ((s, c) for s in sweeps for c in json.loads((s / "cells.json").read_text())):
         run = sweep / "cells" / cell["cell"]
         if not (run / "summary.json").exists():
             continue
@@ -46,12 +48,8 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def pick(sweeps: list[Path]) -> dict[str, str]:
     """Per algorithm prefix, the case with the lowest mean final training loss (diverged: inf)."""
-    merged: dict[str, list[dict]] = defaultdict(list)
-    for sweep in sweeps:
-        for label, runs in cells(sweep).items():
-            merged[label] += runs
     best: dict[str, tuple[float, str]] = {}
-    for label, runs in sorted(merged.items()):
+    for label, runs in sorted(cells(sweeps).items()):
         algo = label.split("_", 1)[0]
         losses = [r["train_loss"] if r["train_loss"] == r["train_loss"] else float("inf") for r in runs]
         score = statistics.fmean(losses)
@@ -62,13 +60,13 @@ def pick(sweeps: list[Path]) -> dict[str, str]:
     return {algo: label for algo, (_, label) in best.items()}
 
 
-def compare(sweep: Path, out: Path) -> None:
+def compare(sweeps: list[Path], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    by_case = cells(sweep)
+    by_case = cells(sweeps)
     table, data = [], {}
     for label, runs in sorted(by_case.items()):
         runs.sort(key=lambda r: r["seed"])
@@ -84,7 +82,7 @@ def compare(sweep: Path, out: Path) -> None:
         table.append(row)
         data[label] = row
     lines = [
-        f"Sweep: `{sweep}`",
+        f"Sweep directories: {', '.join(f'`{s}`' for s in sweeps)}",
         "",
         "| case | seeds | final training loss | test accuracy | test loss | accounted epsilon |",
         "|---|---|---|---|---|---|",
@@ -123,13 +121,13 @@ def main() -> None:
     p = sub.add_parser("pick")
     p.add_argument("sweeps", type=Path, nargs="+")
     c = sub.add_parser("compare")
-    c.add_argument("sweep", type=Path)
+    c.add_argument("sweeps", type=Path, nargs="+")
     c.add_argument("--out", type=Path, default=Path("benchmarks/results/diff2_vs_dpgd"))
     args = parser.parse_args()
     if args.cmd == "pick":
         print(json.dumps(pick(args.sweeps)))
     else:
-        compare(args.sweep, args.out)
+        compare(args.sweeps, args.out)
 
 
 if __name__ == "__main__":
