@@ -11,3 +11,4 @@ from .defenses import dp, ldp_update, rqm  # noqa: F401
 from .algorithms import frl  # noqa: F401
 from .attacks import rank  # noqa: F401
 from .algorithms import hyperfl  # noqa: F401
+from .algorithms import diff2  # noqa: F401

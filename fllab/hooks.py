@@ -10,7 +10,8 @@ Kinds and their hooks (``*`` required):
 
 =============  ==================================================================================
 algorithm      ``sends``* ``public_hyper``* ``client_update``* ``server_step``* ``wrap_model``
-               ``aggregate`` ``evaluate``
+               ``aggregate`` ``evaluate`` ``plan`` ``account`` (an algorithm that owns its privacy
+               accounting, e.g. DIFF2)
 aggregator     ``__call__``* ``check``* ``last_flagged`` (a detector)
 defense        ``transform`` ``wrap_fit`` ``wrap_trainer`` ``wrap_aggregator`` ``server_view``
                ``plan`` ``account`` (at least one)
@@ -190,7 +191,8 @@ FAMILY_HOOKS: dict[str, KindHooks] = {
 
 KIND_HOOKS: dict[str, KindHooks] = {
     "algorithm": KindHooks(
-        required=(Sends, PublicHyper, ClientUpdate, ServerStep), optional=(WrapModel, OwnAggregate, OwnEvaluate)
+        required=(Sends, PublicHyper, ClientUpdate, ServerStep),
+        optional=(WrapModel, OwnAggregate, OwnEvaluate, Plan, Account),
     ),
     "aggregator": KindHooks(required=(Aggregate, Check), optional=(Detector,)),
     "defense": KindHooks(one_of=((Transform, WrapFit, WrapTrainer, WrapAggregator, ServerView, Plan, Account),)),

@@ -18,6 +18,7 @@ class UpdateKind(str, enum.Enum):
     """What a client transmits to the server each round."""
 
     GRADIENT = "gradient"  # FedSGD: the loss gradient at the global weights
+    GRADIENT_DIFFERENCE = "gradient_difference"  # DIFF2: gradients, or differences of gradients at the last two iterates
     DELTA = "delta"  # FedAvg: local weights minus global weights
     RANKING = "ranking"  # Federated Rank Learning: per-layer edge rankings
     HYPERNETWORK = "hypernetwork"  # HyperFL: hypernetwork parameters (delta)

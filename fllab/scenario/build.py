@@ -58,8 +58,10 @@ def malicious_count(fraction: float, num_clients: int) -> int:
 
 
 def check_capabilities(setup: Setup) -> None:
+    from ..hooks import has_hook
+
     fed = setup.scenario.federation
-    if hasattr(setup.algorithm, "aggregate") and setup.aggregator.registry_name != "mean":
+    if has_hook(setup.algorithm, "aggregate") and setup.aggregator.registry_name != "mean":
         raise CapabilityError(
             f"algorithm {setup.algorithm.registry_name} aggregates its own way; remove the aggregator entry", "aggregator"
         )
@@ -67,6 +69,20 @@ def check_capabilities(setup: Setup) -> None:
         setup.aggregator.check(fed.per_round)
     except ValueError as err:
         raise ConfigError(f"{err} (federation.clients_per_round = {fed.per_round})", "aggregator") from None
+    if getattr(setup.algorithm, "needs_every_client", False) and fed.per_round != fed.num_clients:
+        raise ConfigError(
+            f"algorithm {setup.algorithm.registry_name} needs every client every round; remove clients_per_round "
+            f"(got {fed.per_round} of {fed.num_clients})",
+            "federation.clients_per_round",
+        )
+    if has_hook(setup.algorithm, "account"):  # one accountant owns privacy.epsilon
+        for i, defense in enumerate(setup.defenses):
+            if has_hook(defense, "account"):
+                raise ConfigError(
+                    f"algorithm {setup.algorithm.registry_name} accounts its own privacy; {defense.registry_name} would "
+                    "report a second epsilon: drop the defense",
+                    f"defenses.{i}",
+                )
     sends = setup.algorithm.sends.value
     names = [a.registry_name for a in setup.attacks]
     if len(set(names)) != len(names):
@@ -113,26 +129,44 @@ def check_capabilities(setup: Setup) -> None:
 
 
 def plan_defenses(setup: Setup, model: Any) -> None:
-    """Let the defenses that calibrate to the federation and the model (``plan(rounds=,
-    num_clients=, clients_per_round=, model=)``) do so; a refusal is a ConfigError naming the
-    defense.  ``model`` is a :class:`~fllab.types.ModelHandle`."""
+    """Let the algorithm and the defenses that calibrate to the federation and the model
+    (``plan(rounds=, num_clients=, clients_per_round=, model=)``, e.g. DP-SGD's noise for a target
+    epsilon, DIFF2's noise multipliers) do so; a refusal is a ConfigError naming the component.
+    ``model`` is a :class:`~fllab.types.ModelHandle`."""
+    from ..hooks import has_hook
+
     fed = setup.scenario.federation
-    for i, defense in enumerate(setup.defenses):
-        if hasattr(defense, "plan"):
+    planners = [(setup.algorithm, "algorithm")] + [(d, f"defenses.{i}") for i, d in enumerate(setup.defenses)]
+    for component, path in planners:
+        if has_hook(component, "plan"):
             try:
-                defense.plan(rounds=fed.rounds, num_clients=fed.num_clients, clients_per_round=fed.per_round, model=model)
+                component.plan(rounds=fed.rounds, num_clients=fed.num_clients, clients_per_round=fed.per_round, model=model)
             except ValueError as err:
-                raise ConfigError(str(err), f"defenses.{i}") from None
+                raise ConfigError(str(err), path) from None
+
+
+@dataclass(frozen=True)
+class ModelBuilder:
+    """Picklable factory of the task's network (worker processes build their own copy)."""
+
+    model: Any  # the registered model component
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+    def __call__(self) -> Any:
+        return self.model.build(self.input_shape, self.num_classes)
 
 
 def model_handle(setup: Setup, input_shape: tuple[int, ...], num_classes: int) -> Any:
-    """The scenario's model factory for this data shape, wrapped by bundles that change the
-    network (FRL, HyperFL)."""
+    """The public model handle (:class:`~fllab.types.ModelHandle`) for this data shape; an
+    algorithm bundle may change the network (``wrap_model``: FRL, HyperFL, LoRA)."""
+    from ..hooks import has_hook
     from ..types import ModelHandle
 
-    build = lambda: setup.model.build(input_shape, num_classes)  # noqa: E731
-    wrap = getattr(setup.algorithm, "wrap_model", None)
-    return ModelHandle(wrap(build) if wrap else build, input_shape, num_classes)
+    build: Any = ModelBuilder(setup.model, tuple(input_shape), num_classes)
+    if has_hook(setup.algorithm, "wrap_model"):
+        build = setup.algorithm.wrap_model(build)
+    return ModelHandle(build, tuple(input_shape), num_classes)
 
 
 def check_without_data(setup: Setup) -> None:

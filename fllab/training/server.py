@@ -72,7 +72,7 @@ class Server:
         self.setup = fed.setup
         self.global_params = flatten_params(fed.server_model)
         self.client_states: dict[int, Any] = {}
-        self.privacy: dict[str, float] = {}  # latest privacy.* figures reported by accounting defenses
+        self.privacy: dict[str, float] = {}  # latest privacy.* figures reported by the accounting algorithm or defenses
         self.detection = DetectionTally()
         self.last_eval: dict[str, float] = {}
 
@@ -137,9 +137,9 @@ class Server:
             "clients": sampled,
         }
         num_clients = setup.scenario.federation.num_clients
-        for defense in setup.defenses:  # privacy spent so far, per accounting defense
-            if has_hook(defense, "account"):
-                spent = defense.account(rnd, sampled, results, num_clients)
+        for component in (setup.algorithm, *setup.defenses):  # privacy spent so far (accounting algorithm or defense)
+            if has_hook(component, "account"):
+                spent = component.account(rnd, sampled, results, num_clients)
                 record.update(spent)
                 self.privacy.update(spent)
         if has_hook(setup.aggregator, "last_flagged") and setup.aggregator.last_flagged is not None:

@@ -40,14 +40,14 @@ from torch import Tensor
 from ...metrics.membership import auc
 from ...registry import ATTACKS
 from ...seeding import derive_seed, torch_gen
-from ...types import ModelObservation, TensorData
+from ...types import ModelObservation, TensorData, UpdateKind
 from ..base import MembershipParams
 from ...models.victim import VictimModel
 from . import kernels
 from ...training.stacked import balanced_masks, ensemble_logits, model_logits, train_ensemble
 
 #: Outsider attacks work whatever the clients transmit.
-ANY_UPDATE = frozenset({"gradient", "delta", "ranking", "hypernetwork"})
+ANY_UPDATE = frozenset(kind.value for kind in UpdateKind)
 
 OUTSIDER_THREAT = (
     "outsider after training: black-box queries (logits) to the final model, a population of records from "
