@@ -67,6 +67,21 @@ def test_process_executor_gives_identical_metrics(serial):
         assert [r["train_loss"] for r in ours.rounds] == [r["train_loss"] for r in serial[name].rounds]
 
 
+@pytest.mark.ray
+def test_ray_executor_gives_identical_metrics(serial):
+    """A local Ray with two one-thread actors: bit-identical to serial; no Ray left running."""
+    ray = pytest.importorskip("ray", reason="the ray extra (fllab[ray]) is not installed")
+    ours = run(QUICKSTART, {"name": "ray", "actors": 2})
+    assert ours.metrics == serial["quickstart"].metrics
+    assert not ray.is_initialized()
+
+
+def test_ray_executor_without_ray_is_a_config_error(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "ray", None)  # what an environment without the extra sees
+    with pytest.raises(ConfigError, match=r"executor: executor ray needs Ray: pip install 'fllab\[ray\]'"):
+        Engine(resolve(validate_schema({**copy.deepcopy(TINY), "executor": {"name": "ray"}}))).prepare()
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

@@ -13,6 +13,9 @@ executor that actually runs (``auto`` resolves to one of the others; env.json re
   (:func:`fllab.training.stacked.run_sgd`), each client on its own batches from its own
   generator: the serial trajectory up to float rounding (the stacked kernels sum in another
   order than autograd on one model).
+* ``ray`` -- Ray actors (``fllab[ray]``): a local Ray started for the run, or an existing
+  cluster (``address``); the data goes into the object store once, the global weights once per
+  round.  Identical results.
 * ``auto`` -- ``vectorized`` where it applies and pays (any model on a GPU, MLPs on a CPU), else
   ``serial``.
 """
@@ -25,7 +28,7 @@ from multiprocessing import get_context
 from typing import Any, Sequence
 
 import torch
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 
 from ..errors import ConfigError
 from ..hooks import has_hook
@@ -142,6 +145,85 @@ class ProcessExecutor:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
+
+
+# ------------------------------------------------------------------------------------------ ray
+class RayParams(Params):
+    address: str | None = Field(None, description="an existing Ray cluster (e.g. ray://host:10001 or auto); null = start a local Ray for this run")
+    actors: PositiveInt | None = Field(None, description="client actors; null = the cluster's CPUs / num_cpus")
+    num_cpus: PositiveFloat = Field(1.0, description="CPUs per client actor")
+    num_gpus: NonNegativeFloat = Field(0.0, description="GPUs per client actor")
+    threads: PositiveInt = Field(1, description="torch threads per client actor")
+
+
+class RayWorker:
+    """One Ray actor: the fit function and every client's data, received once (object store)."""
+
+    def __init__(self, fit: FitFn, clients: Sequence[TensorData], device: str, threads: int):
+        _worker_start(fit, clients, device, threads)
+
+    def fit(self, task: ClientTask, global_params: torch.Tensor) -> ClientResult:
+        return _worker_fit(replace(task, global_params=global_params.to(_WORKER["clients"][task.client_id].x.device)))
+
+
+@EXECUTORS.register("ray")
+class RayExecutor:
+    """Clients on Ray actors: a local Ray started for the run (``ray.init``) or an existing
+    cluster (``address``).  Every client's data goes into the object store once, the global
+    weights once per round; each actor holds ``num_cpus``/``num_gpus``.  Ray is shut down (or,
+    for a cluster fllab did not start, disconnected from) on success, failure and Ctrl-C; fllab
+    never stops a cluster it did not start.  Identical results to serial (same threads per client)."""
+
+    used = "ray"
+    summary = "Ray actors: a local Ray for the run, or an existing cluster (address)"
+    Params = RayParams
+
+    def __init__(self, params: RayParams):
+        self.params = params
+        self.actors: list[Any] = []
+        self.initialized = False
+
+    def check(self, setup: Any, model: ModelHandle) -> None:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise ConfigError("executor ray needs Ray: pip install 'fllab[ray]'", "executor") from None
+
+    def start(self, fit: FitFn, clients: Sequence[TensorData]) -> None:
+        import ray
+        from ray.util import ActorPool
+
+        p = self.params
+        if not ray.is_initialized():
+            if p.address is None:
+                ray.init(num_cpus=cpu_cores(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+            else:
+                ray.init(address=p.address, log_to_driver=False, configure_logging=False)
+            self.initialized = True
+        self.device = str(clients[0].x.device) if clients else "cpu"
+        actor = ray.remote(num_cpus=p.num_cpus, num_gpus=p.num_gpus)(RayWorker)
+        count = p.actors or max(1, int(ray.cluster_resources().get("CPU", 1) // p.num_cpus))
+        fit_ref, data_ref = ray.put(fit), ray.put([c.to("cpu") for c in clients])
+        self.actors = [actor.remote(fit_ref, data_ref, self.device, p.threads) for _ in range(count)]
+        self.pool = ActorPool(self.actors)
+
+    def map(self, tasks: Sequence[ClientTask]) -> list[ClientResult]:
+        import ray
+
+        weights = ray.put(tasks[0].global_params.cpu())
+        light = [replace(t, data=None, global_params=None) for t in tasks]
+        results = list(self.pool.map(lambda a, t: a.fit.remote(t, weights), light))
+        return [replace(r, update=r.update.to(self.device)) for r in results]
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+        if self.initialized:  # a local Ray we started stops; a cluster we joined is only left
+            ray.shutdown()
+            self.initialized = False
 
 
 # ---------------------------------------------------------------------------------- vectorized
