@@ -111,11 +111,19 @@ def _worker_fit(task: ClientTask) -> ClientResult:
     return replace(result, update=result.update.cpu())
 
 
+def _worker_fit_many(global_params: torch.Tensor, tasks: Sequence[ClientTask]) -> list[ClientResult]:
+    """A share of the round's tasks, which carry neither data nor weights: the global weights
+    come once per share."""
+    device = _WORKER["clients"][tasks[0].client_id].x.device if tasks else "cpu"
+    weights = global_params.to(device)
+    return [_worker_fit(replace(t, global_params=weights)) for t in tasks]
+
+
 @EXECUTORS.register("process")
 class ProcessExecutor:
     """Clients on worker processes of this machine (spawned, so no state leaks from the parent).
     The clients' data is shipped to every worker once, when the run starts; a round sends each
-    task without its data.  Client work is a pure function of the task, so the results equal the
+    worker a share of the tasks without their data and the global weights once.  Client work is a pure function of the task, so the results equal the
     serial executor's (with the same torch thread count per client)."""
 
     used = "process"
@@ -137,9 +145,14 @@ class ProcessExecutor:
         list(self.pool.map(_worker_ready, range(workers)))  # workers spawn on demand: start them all now
 
     def map(self, tasks: Sequence[ClientTask]) -> list[ClientResult]:
-        light = [replace(t, data=None, global_params=t.global_params.cpu()) for t in tasks]
-        results = list(self.pool.map(_worker_fit, light))
-        return [replace(r, update=r.update.to(self.device)) for r in results]
+        """One share of consecutive tasks per worker, the global weights sent once per share."""
+        workers = self.params.sizes()[0]
+        light = [replace(t, data=None, global_params=None) for t in tasks]
+        bounds = [round(i * len(light) / workers) for i in range(workers + 1)]
+        shares = [light[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
+        weights = tasks[0].global_params.cpu()
+        futures = [self.pool.submit(_worker_fit_many, weights, share) for share in shares]
+        return [replace(r, update=r.update.to(self.device)) for f in futures for r in f.result()]
 
     def close(self) -> None:
         if self.pool is not None:
