@@ -82,6 +82,19 @@ def test_ray_executor_without_ray_is_a_config_error(monkeypatch):
         Engine(resolve(validate_schema({**copy.deepcopy(TINY), "executor": {"name": "ray"}}))).prepare()
 
 
+def test_ray_address_that_does_not_answer_is_refused_before_anything_runs(tmp_path):
+    pytest.importorskip("ray", reason="the ray extra (fllab[ray]) is not installed")
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = {**copy.deepcopy(TINY), "executor": {"name": "ray", "address": f"ray://127.0.0.1:{port}"}}
+    with pytest.raises(ConfigError, match=f"executor.address: no Ray cluster answers at ray://127.0.0.1:{port}"):
+        fllab.run(data, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

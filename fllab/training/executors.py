@@ -169,6 +169,25 @@ class RayParams(Params):
     threads: PositiveInt = Field(1, description="torch threads per client actor")
 
 
+#: Seconds an existing cluster's address has to answer before the run is refused.
+ADDRESS_TIMEOUT = 30.0
+
+
+def probe_address(address: str, timeout: float) -> None:
+    """Refuse (config error on ``executor.address``) an address ``[ray://]host:port`` at which
+    nothing accepts a connection within ``timeout`` seconds."""
+    import socket
+
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"{address!r} is not host:port, ray://host:port or auto", "executor.address")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ConfigError(f"no Ray cluster answers at {address} ({err})", "executor.address") from None
+
+
 class RayWorker:
     """One Ray actor: the fit function and every client's data, received once (object store)."""
 
@@ -201,6 +220,9 @@ class RayExecutor:
             import ray  # noqa: F401
         except ImportError:
             raise ConfigError("executor ray needs Ray: pip install 'fllab[ray]'", "executor") from None
+        address = self.params.address
+        if address and address != "auto":
+            probe_address(address, ADDRESS_TIMEOUT)
 
     def start(self, fit: FitFn, clients: Sequence[TensorData]) -> None:
         import ray
