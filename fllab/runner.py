@@ -375,8 +375,9 @@ class SweepRun:
         return self.ran
 
 
-def run_sweep(data: dict[str, Any], out: Path | None = None, *, quiet: bool = True) -> tuple[Path, int, int]:
-    """Run every cell not yet finished; return (sweep dir, cells run now, cells total)."""
+def run_sweep(data: dict[str, Any], out: Path | None = None, *, quiet: bool = True, jobs: int = 1) -> tuple[Path, int, int]:
+    """Run every cell not yet finished (in ``jobs`` worker processes when more than one:
+    :mod:`fllab.parallel_sweep`); return (sweep dir, cells run now, cells total)."""
     cells = resolve_cells(data)
     scenario = validate_schema(data)
     sweep_dir = Path(out) if out else Path("runs") / f"{scenario.name}-sweep"
@@ -386,7 +387,12 @@ def run_sweep(data: dict[str, Any], out: Path | None = None, *, quiet: bool = Tr
     sweep_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_yaml(previous, data)
     atomic_write_json(sweep_dir / "cells.json", [{"cell": c, "values": v, "seed": s} for c, v, s, _ in cells])
-    ran = SweepRun(sweep_dir, scenario.name, cells, quiet=quiet).run()
+    if jobs > 1:
+        from .parallel_sweep import ParallelSweep
+
+        ran = ParallelSweep(sweep_dir, scenario.name, cells, quiet=quiet, jobs=jobs).run()
+    else:
+        ran = SweepRun(sweep_dir, scenario.name, cells, quiet=quiet).run()
     from .report import build_sweep_report
 
     build_sweep_report(sweep_dir)
