@@ -123,8 +123,9 @@ def _worker_fit_many(global_params: torch.Tensor, tasks: Sequence[ClientTask]) -
 class ProcessExecutor:
     """Clients on worker processes of this machine (spawned, so no state leaks from the parent).
     The clients' data is shipped to every worker once, when the run starts; a round sends each
-    worker a share of the tasks without their data and the global weights once.  Client work is a pure function of the task, so the results equal the
-    serial executor's (with the same torch thread count per client)."""
+    worker a share of the tasks without their data and the global weights once.  Client work is
+    a pure function of the task, so the results equal the serial executor's (with the same torch
+    thread count per client)."""
 
     used = "process"
     summary = "worker processes on this machine; client data shipped once"
