@@ -115,11 +115,12 @@ def _report_sweep(sweep_dir: Path, ran: int, total: int, *, as_json: bool) -> No
 @click.argument("scenario", type=click.Path(dir_okay=False, path_type=Path))
 @set_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="sweep directory (default runs/NAME-sweep)")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="cells in N local worker processes")
 @quiet_option
 @track_option
 @json_option
 @guarded
-def sweep(scenario: Path, overrides: tuple[str, ...], out: Path | None, quiet: bool, track: str | None, as_json: bool) -> None:
+def sweep(scenario: Path, overrides: tuple[str, ...], out: Path | None, jobs: int, quiet: bool, track: str | None, as_json: bool) -> None:
     """Run every cell of SCENARIO's sweep grid; finished cells are skipped on a re-run."""
     from .runner import run_sweep
     from .scenario.loader import load_raw
@@ -127,7 +128,7 @@ def sweep(scenario: Path, overrides: tuple[str, ...], out: Path | None, quiet: b
     data = with_tracking(load_raw(scenario, overrides), track)
     if not data.get("sweep"):
         raise ConfigError("the scenario has no sweep block; add sweep: {grid: {...}, seeds: [...]} or use fllab run", "sweep")
-    _report_sweep(*run_sweep(data, out, quiet=quiet), as_json=as_json)
+    _report_sweep(*run_sweep(data, out, quiet=quiet, jobs=jobs), as_json=as_json)
 
 
 @main.command()

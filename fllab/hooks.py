@@ -205,11 +205,10 @@ RENAMED = {"craft": "craft_uploads", "evaluate": "score_final_model"}
 
 
 def hook_name(protocol: type) -> str:
-    """The one member a hook protocol declares."""
-    names = [n for n in protocol.__dict__ if not n.startswith("_") or n == "__call__"]
-    names += list(getattr(protocol, "__annotations__", {}))
-    names = [n for n in dict.fromkeys(names) if n not in ("_is_protocol", "_is_runtime_protocol")]
-    return names[0]
+    """The one member a hook protocol declares: its method (``__call__`` included) or its
+    annotated attribute."""
+    methods = [n for n, v in vars(protocol).items() if callable(v) and (n == "__call__" or not n.startswith("_"))]
+    return (methods or list(vars(protocol).get("__annotations__", {})))[0]
 
 
 def _accepts(cls: type, protocol: type, name: str) -> str | None:

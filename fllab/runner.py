@@ -432,8 +432,9 @@ class SweepRun:
         return self.ran
 
 
-def run_sweep(data: dict[str, Any], out: Path | None = None, *, quiet: bool = True) -> tuple[Path, int, int]:
-    """Run every cell not yet finished; return (sweep dir, cells run now, cells total).  The sweep
+def run_sweep(data: dict[str, Any], out: Path | None = None, *, quiet: bool = True, jobs: int = 1) -> tuple[Path, int, int]:
+    """Run every cell not yet finished (in ``jobs`` worker processes when more than one:
+    :mod:`fllab.parallel_sweep`); return (sweep dir, cells run now, cells total).  The sweep
     directory is claimed (locked) for the whole sweep, each cell's run directory while it runs."""
     scenario = validate_schema(data)
     cells = resolve_cells(data)
@@ -445,7 +446,12 @@ def run_sweep(data: dict[str, Any], out: Path | None = None, *, quiet: bool = Tr
         atomic_write_yaml(previous, data)
         atomic_write_json(sweep_dir / CELLS_FILE, [{"cell": c, "values": v, "seed": s} for c, v, s, _ in cells])
         try:
-            ran = SweepRun(sweep_dir, scenario.name, cells, quiet=quiet).run()
+            if jobs > 1:
+                from .parallel_sweep import ParallelSweep
+
+                ran = ParallelSweep(sweep_dir, scenario.name, cells, quiet=quiet, jobs=jobs).run()
+            else:
+                ran = SweepRun(sweep_dir, scenario.name, cells, quiet=quiet).run()
             from .report import build_sweep_report
 
             build_sweep_report(sweep_dir)

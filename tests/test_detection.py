@@ -75,3 +75,28 @@ def test_a_run_without_a_detector_reports_no_detection_metrics():
     data["attacks"] = [{"name": "sign_flip", "fraction": 0.3}]
     metrics = Engine(resolve(validate_schema(data))).run().metrics
     assert PRECISION not in metrics and RECALL not in metrics
+
+
+def test_victims_of_server_attacks_are_never_malicious():
+    """Membership targets and the audited client are honest: malicious clients are drawn among
+    the others (the same permutation otherwise); the truth's honest clients (the outsider's member
+    pool) exclude the malicious ones."""
+    from fllab.training.wiring import assign_malicious, protected_clients
+
+    data = copy.deepcopy(TINY)
+    data["federation"].update(num_clients=10)
+    data["attacks"] = [
+        {"name": "label_flip", "fraction": 0.5},
+        {"name": "update_cosine", "position": "server", "target_clients": [0, 1, 2, 3], "rounds": [0]},
+    ]
+    setup = resolve(validate_schema(data))
+    assert protected_clients(setup.attacks) == {0, 1, 2, 3}
+    malicious = assign_malicious(setup.attacks, 10, 0)["label_flip"]
+    assert len(malicious) == 5 and not set(malicious) & {0, 1, 2, 3}
+    unprotected = resolve(validate_schema({**data, "attacks": data["attacks"][:1]})).attacks
+    order = [c for c in assign_malicious(unprotected, 10, 0)["label_flip"]]
+    assert [c for c in order if c > 3] == [c for c in malicious if c in order]  # same draw, protected ones skipped
+    engine = Engine(setup)
+    engine.prepare()
+    truth = engine.federation.truth
+    assert truth.malicious == set(malicious) and truth.honest() == [c for c in range(10) if c not in malicious]

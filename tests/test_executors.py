@@ -67,6 +67,34 @@ def test_process_executor_gives_identical_metrics(serial):
         assert [r["train_loss"] for r in ours.rounds] == [r["train_loss"] for r in serial[name].rounds]
 
 
+@pytest.mark.ray
+def test_ray_executor_gives_identical_metrics(serial):
+    """A local Ray with two one-thread actors: bit-identical to serial; no Ray left running."""
+    ray = pytest.importorskip("ray", reason="the ray extra (fllab[ray]) is not installed")
+    ours = run(QUICKSTART, {"name": "ray", "actors": 2})
+    assert ours.metrics == serial["quickstart"].metrics
+    assert not ray.is_initialized()
+
+
+def test_ray_executor_without_ray_is_a_config_error(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "ray", None)  # what an environment without the extra sees
+    with pytest.raises(ConfigError, match=r"executor: executor ray needs Ray: pip install 'fllab\[ray\]'"):
+        Engine(resolve(validate_schema({**copy.deepcopy(TINY), "executor": {"name": "ray"}}))).prepare()
+
+
+def test_ray_address_that_does_not_answer_is_refused_before_anything_runs(tmp_path):
+    pytest.importorskip("ray", reason="the ray extra (fllab[ray]) is not installed")
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = {**copy.deepcopy(TINY), "executor": {"name": "ray", "address": f"ray://127.0.0.1:{port}"}}
+    with pytest.raises(ConfigError, match=f"executor.address: no Ray cluster answers at ray://127.0.0.1:{port}"):
+        fllab.run(data, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

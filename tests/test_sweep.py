@@ -124,3 +124,31 @@ def test_shipped_poisoning_sweeps_resolve_and_refuse_what_frl_cannot_host():
     for name, total in (("malicious_fraction", 50), ("backdoor_clipping", 6)):
         resolved = resolve_cells(load_raw(folder / f"{name}.yaml"))
         assert len(resolved) == total and not any(isinstance(s, str) for *_, s in resolved)
+
+
+def test_parallel_sweep_writes_the_same_results_and_resumes(tmp_path, tiny):
+    """--jobs 2: the no-attack twins train in the first wave, the poisoning cells in the second;
+    results.csv equals the serial sweep's (but for wall times), and a re-run runs nothing."""
+    tiny["federation"]["num_clients"] = 5
+    tiny["attacks"] = [{"name": "label_flip", "fraction": 0.2}]
+    tiny["evaluation"] = {"baseline": True}
+    tiny["sweep"] = {"grid": {"algorithm.lr": [0.05, 0.2]}, "seeds": [0]}
+    serial_dir, ran, _ = run_sweep(tiny, tmp_path / "serial")
+    parallel_dir, ran_parallel, total = run_sweep(tiny, tmp_path / "parallel", jobs=2)
+    assert ran == ran_parallel == total == 2
+    strip = lambda table: [{k: v for k, v in r.items() if k != "run.seconds"} for r in table]  # noqa: E731
+    assert strip(rows(parallel_dir)) == strip(rows(serial_dir))
+    assert all(r["poisoning.accuracy_drop"] for r in rows(parallel_dir))
+    assert run_sweep(tiny, tmp_path / "parallel", jobs=2)[1] == 0
+
+
+def test_jobs_zero_is_a_usage_error(tmp_path, tiny):
+    from click.testing import CliRunner
+
+    from fllab.cli import main
+
+    tiny["sweep"] = {"grid": {"algorithm.lr": [0.05]}}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(tiny))
+    res = CliRunner().invoke(main, ["sweep", str(path), "--jobs", "0", "--out", str(tmp_path / "sw")])
+    assert res.exit_code == 2 and "--jobs" in res.output and not (tmp_path / "sw").exists()

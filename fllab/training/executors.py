@@ -13,6 +13,9 @@ executor that actually runs (``auto`` resolves to one of the others; env.json re
   (:func:`fllab.training.stacked.run_sgd`), each client on its own batches from its own
   generator: the serial trajectory up to float rounding (the stacked kernels sum in another
   order than autograd on one model).
+* ``ray`` -- Ray actors (``fllab[ray]``): a local Ray started for the run, or an existing
+  cluster (``address``); the data goes into the object store once, the global weights once per
+  round.  Identical results.
 * ``auto`` -- ``vectorized`` where it applies and pays (any model on a GPU, MLPs on a CPU), else
   ``serial``.
 """
@@ -25,7 +28,7 @@ from multiprocessing import get_context
 from typing import Any, Sequence
 
 import torch
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 
 from ..errors import ConfigError
 from ..hooks import has_hook
@@ -108,12 +111,21 @@ def _worker_fit(task: ClientTask) -> ClientResult:
     return replace(result, update=result.update.cpu())
 
 
+def _worker_fit_many(global_params: torch.Tensor, tasks: Sequence[ClientTask]) -> list[ClientResult]:
+    """A share of the round's tasks, which carry neither data nor weights: the global weights
+    come once per share."""
+    device = _WORKER["clients"][tasks[0].client_id].x.device if tasks else "cpu"
+    weights = global_params.to(device)
+    return [_worker_fit(replace(t, global_params=weights)) for t in tasks]
+
+
 @EXECUTORS.register("process")
 class ProcessExecutor:
     """Clients on worker processes of this machine (spawned, so no state leaks from the parent).
     The clients' data is shipped to every worker once, when the run starts; a round sends each
-    task without its data.  Client work is a pure function of the task, so the results equal the
-    serial executor's (with the same torch thread count per client)."""
+    worker a share of the tasks without their data and the global weights once.  Client work is
+    a pure function of the task, so the results equal the serial executor's (with the same torch
+    thread count per client)."""
 
     used = "process"
     summary = "worker processes on this machine; client data shipped once"
@@ -134,14 +146,120 @@ class ProcessExecutor:
         list(self.pool.map(_worker_ready, range(workers)))  # workers spawn on demand: start them all now
 
     def map(self, tasks: Sequence[ClientTask]) -> list[ClientResult]:
-        light = [replace(t, data=None, global_params=t.global_params.cpu()) for t in tasks]
-        results = list(self.pool.map(_worker_fit, light))
-        return [replace(r, update=r.update.to(self.device)) for r in results]
+        """One share of consecutive tasks per worker, the global weights sent once per share."""
+        workers = self.params.sizes()[0]
+        light = [replace(t, data=None, global_params=None) for t in tasks]
+        bounds = [round(i * len(light) / workers) for i in range(workers + 1)]
+        shares = [light[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
+        weights = tasks[0].global_params.cpu()
+        futures = [self.pool.submit(_worker_fit_many, weights, share) for share in shares]
+        return [replace(r, update=r.update.to(self.device)) for f in futures for r in f.result()]
 
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
+
+
+# ------------------------------------------------------------------------------------------ ray
+class RayParams(Params):
+    address: str | None = Field(None, description="an existing Ray cluster (e.g. ray://host:10001 or auto); null = start a local Ray for this run")
+    actors: PositiveInt | None = Field(None, description="client actors; null = the cluster's CPUs / num_cpus")
+    num_cpus: PositiveFloat = Field(1.0, description="CPUs per client actor")
+    num_gpus: NonNegativeFloat = Field(0.0, description="GPUs per client actor")
+    threads: PositiveInt = Field(1, description="torch threads per client actor")
+
+
+#: Seconds an existing cluster's address has to answer before the run is refused.
+ADDRESS_TIMEOUT = 30.0
+
+
+def probe_address(address: str, timeout: float) -> None:
+    """Refuse (config error on ``executor.address``) an address ``[ray://]host:port`` at which
+    nothing accepts a connection within ``timeout`` seconds."""
+    import socket
+
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"{address!r} is not host:port, ray://host:port or auto", "executor.address")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ConfigError(f"no Ray cluster answers at {address} ({err})", "executor.address") from None
+
+
+class RayWorker:
+    """One Ray actor: the fit function and every client's data, received once (object store)."""
+
+    def __init__(self, fit: FitFn, clients: Sequence[TensorData], device: str, threads: int):
+        _worker_start(fit, clients, device, threads)
+
+    def fit(self, task: ClientTask, global_params: torch.Tensor) -> ClientResult:
+        return _worker_fit(replace(task, global_params=global_params.to(_WORKER["clients"][task.client_id].x.device)))
+
+
+@EXECUTORS.register("ray")
+class RayExecutor:
+    """Clients on Ray actors: a local Ray started for the run (``ray.init``) or an existing
+    cluster (``address``).  Every client's data goes into the object store once, the global
+    weights once per round; each actor holds ``num_cpus``/``num_gpus``.  Ray is shut down (or,
+    for a cluster fllab did not start, disconnected from) on success, failure and Ctrl-C; fllab
+    never stops a cluster it did not start.  Identical results to serial (same threads per client)."""
+
+    used = "ray"
+    summary = "Ray actors: a local Ray for the run, or an existing cluster (address)"
+    Params = RayParams
+
+    def __init__(self, params: RayParams):
+        self.params = params
+        self.actors: list[Any] = []
+        self.initialized = False
+
+    def check(self, setup: Any, model: ModelHandle) -> None:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise ConfigError("executor ray needs Ray: pip install 'fllab[ray]'", "executor") from None
+        address = self.params.address
+        if address and address != "auto":
+            probe_address(address, ADDRESS_TIMEOUT)
+
+    def start(self, fit: FitFn, clients: Sequence[TensorData]) -> None:
+        import ray
+        from ray.util import ActorPool
+
+        p = self.params
+        if not ray.is_initialized():
+            if p.address is None:
+                ray.init(num_cpus=cpu_cores(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+            else:
+                ray.init(address=p.address, log_to_driver=False, configure_logging=False)
+            self.initialized = True
+        self.device = str(clients[0].x.device) if clients else "cpu"
+        actor = ray.remote(num_cpus=p.num_cpus, num_gpus=p.num_gpus)(RayWorker)
+        count = p.actors or max(1, int(ray.cluster_resources().get("CPU", 1) // p.num_cpus))
+        fit_ref, data_ref = ray.put(fit), ray.put([c.to("cpu") for c in clients])
+        self.actors = [actor.remote(fit_ref, data_ref, self.device, p.threads) for _ in range(count)]
+        self.pool = ActorPool(self.actors)
+
+    def map(self, tasks: Sequence[ClientTask]) -> list[ClientResult]:
+        import ray
+
+        weights = ray.put(tasks[0].global_params.cpu())
+        light = [replace(t, data=None, global_params=None) for t in tasks]
+        results = list(self.pool.map(lambda a, t: a.fit.remote(t, weights), light))
+        return [replace(r, update=r.update.to(self.device)) for r in results]
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+        if self.initialized:  # a local Ray we started stops; a cluster we joined is only left
+            ray.shutdown()
+            self.initialized = False
 
 
 # ---------------------------------------------------------------------------------- vectorized
