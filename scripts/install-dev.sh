@@ -8,6 +8,6 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; 
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
 fi
-python -m pip install -q -e ".[dev]"
+python -m pip install -q -e ".[dev,flower]"
 python -m pip install -q --no-deps -e examples/fllab-example-plugin
 python -m fllab.metrics.lpips_weights
