@@ -57,3 +57,16 @@ def train_message(node: int, flat: torch.Tensor, server_round: int = 1) -> Messa
 def context(node_id: int, partition_id: int | None = None, run_config=None) -> Context:
     cfg = {} if partition_id is None else {"partition-id": partition_id, "num-partitions": 2}
     return Context(run_id=1, node_id=node_id, node_config=cfg, state=RecordDict(), run_config=dict(run_config or {}))
+
+
+def flower_round(strategy, clients, sent_record, rnd: int):
+    """One training round through Flower's messages without a runtime: the strategy samples and
+    configures, each sampled node's ``answer(msg, context)`` replies, the strategy aggregates.
+    ``clients``: {node_id: (answer, Context)}.  Returns the strategy's (arrays, metrics)."""
+    from flwr.app import ConfigRecord
+
+    with task_identity():
+        msgs = list(strategy.configure_train(rnd, sent_record, ConfigRecord(), FakeGrid(clients)))
+    with task_identity(node_id=1):
+        replies = [clients[m.metadata.dst_node_id][0](m, clients[m.metadata.dst_node_id][1]) for m in msgs]
+    return strategy.aggregate_train(rnd, replies)
