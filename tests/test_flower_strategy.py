@@ -150,3 +150,24 @@ def test_secure_aggregation_view_groups_means():
     assert len(uploads) == 3
     want = torch.stack([u.update for u in uploads]).median(0).values
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("target", [None, 3.0])
+def test_dp_fedavg_epsilon_equals_a_fllab_scenario_with_the_same_settings(tiny, tmp_path, target):
+    """A fllab scenario (12 clients, 6 sampled per round, 3 rounds, dp_fedavg with z = 1.1 or a
+    target epsilon of 3) and the Flower strategy with the same settings (12 nodes, fraction 0.5)
+    report the same privacy.epsilon."""
+    import fllab
+
+    noise = {"noise_multiplier": 1.1} if target is None else {"target_epsilon": target}
+    tiny["federation"] = {"num_clients": 12, "clients_per_round": 6, "rounds": 3, "partition": {"name": "iid"}}
+    tiny["defenses"] = [{"name": "dp_fedavg", "clip": 1.0, **noise}]
+    _, summary = fllab.run(tiny, tmp_path / "run")
+    strategy = FllabStrategy("mean", [{"name": "dp_fedavg", "clip": 1.0, **noise}], upload="delta", num_rounds=3,
+                             fraction_train=0.5, min_train_nodes=2, min_available_nodes=12)
+    for rnd in (1, 2, 3):
+        with task_identity():
+            msgs = list(strategy.configure_train(rnd, record(torch.zeros(D)), ConfigRecord(), FakeGrid(NODES)))
+        _, metrics = strategy.aggregate_train(rnd, [reply(m.metadata.dst_node_id, torch.randn(D), 10) for m in msgs])
+    assert metrics["privacy.epsilon"] == pytest.approx(summary["metrics"]["privacy.epsilon"], rel=1e-9)
+    assert metrics["privacy.delta"] == summary["metrics"]["privacy.delta"]
