@@ -63,7 +63,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "capture.npz"
             meta = {"model": {"name": "convnet", "width": args.width}, "input_shape": list(bundle.input_shape),
-                    "num_classes": bundle.num_classes, "hyper": {"algorithm": "fedsgd", "lr": 0.1, "batch_size": 1}}
+                    "num_classes": bundle.num_classes, "algorithm": {"name": "fedsgd", "lr": 0.1, "batch_size": 1}}
             strategy = RecordingStrategy(FllabStrategy("mean", upload="gradient", server_lr=0.1, min_train_nodes=1, min_available_nodes=1),
                                          path, upload="gradient", meta=meta)
             node = 4000 + i

@@ -105,7 +105,7 @@ def test_inverting_gradients_on_a_captured_flower_upload_matches_fllab_upload(tm
     net = handle.build()
     client = FllabClient(handle, {"name": "fedsgd", "batch_size": 1, "lr": 0.1}, seed=3)
     meta = {"model": {"name": "convnet", "width": 16}, "input_shape": list(bundle.input_shape), "num_classes": bundle.num_classes,
-            "hyper": {"algorithm": "fedsgd", "lr": 0.1, "batch_size": 1}}
+            "algorithm": {"name": "fedsgd", "lr": 0.1, "batch_size": 1}}
     path = tmp_path / "flower.npz"
     strategy = RecordingStrategy(FllabStrategy("mean", upload="gradient", server_lr=0.1, min_train_nodes=2, min_available_nodes=2),
                                  path, upload="gradient", meta=meta)
@@ -179,7 +179,7 @@ def test_update_membership_on_a_capture(tmp_path):
     client = FllabClient(handle, {"name": "fedsgd", "lr": 0.5}, seed=0)
     path = tmp_path / "cap.npz"
     strategy = RecordingStrategy(FllabStrategy("mean", upload="gradient", server_lr=0.5, min_train_nodes=1, min_available_nodes=1),
-                                 path, upload="gradient", meta={"hyper": {"algorithm": "fedsgd", "lr": 0.5}})
+                                 path, upload="gradient", meta={"algorithm": {"name": "fedsgd", "lr": 0.5}})
     arrays = model_record(net)
     for rnd in (1, 2, 3):
         arrays, _ = flower_round(strategy, {9: (lambda m, c: client.train(m, c, members), context(9, partition_id=0))}, arrays, rnd)

@@ -16,6 +16,7 @@ from fllab.models.flat import load_flat_
 from fllab.seeding import derive_seed
 from fllab.training.local import evaluate
 
+from .client_app import ALGORITHM
 from .task import bundle, config, model
 
 
@@ -31,7 +32,7 @@ def strategy_for(cfg: dict[str, Any]) -> Any:
     if cfg["capture"]:
         b = bundle()
         meta = {"model": {"name": "mlp", "hidden": [64]}, "input_shape": list(b.input_shape), "num_classes": b.num_classes,
-                "hyper": {"algorithm": "fedavg", "lr": 0.3, "batch_size": 32, "local_epochs": 2}}
+                "algorithm": ALGORITHM}
         return RecordingStrategy(strategy, cfg["capture"], upload="delta", meta=meta)
     return strategy
 

@@ -3,7 +3,8 @@
 ``attack_capture(capture, attack, ...)`` plays the curious server of the captured run: it rebuilds
 each upload's :class:`fllab.types.UpdateObservation` from the capture alone (the weights sent, the
 record received, the client's ``num-examples``, and the model and public hyper-parameters in the
-capture's ``meta`` or given by the caller) and runs one fllab attack or detector on it:
+capture's ``meta`` -- ``model``, ``input_shape``, ``num_classes`` and the fllab ``algorithm``
+spec -- or given by the caller) and runs one fllab attack or detector on it:
 
 * gradient inversion (``inverting_gradients``, ``dlg``, ...): the uploads of ``attack.round``
   (0-based), ``attack.targets`` of them in captured order (or the ``clients`` given);
@@ -21,13 +22,14 @@ without it, the reconstructions, membership scores or flagged ids alone.
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from ...errors import CapabilityError, ConfigError
-from ...registry import AGGREGATORS, ATTACKS, MODELS, load_plugins, split_spec
+from ...registry import AGGREGATORS, ALGORITHMS, ATTACKS, MODELS, load_plugins, split_spec
 from ...seeding import derive_seed
 from ...types import ModelHandle, PublicHyperParams, TensorData, UpdateKind, UpdateObservation
 from .capture import Capture, read_capture
@@ -47,18 +49,17 @@ def model_from_meta(meta: Mapping[str, Any]) -> ModelHandle:
 
 
 def hyper_for(capture: Capture, num_examples: int, overrides: Mapping[str, Any] | None) -> PublicHyperParams:
-    """Public hyper-parameters of one upload: the capture's ``meta.hyper`` updated by ``overrides``,
-    with the client's announced ``num_examples``."""
-    raw = {"algorithm": "fedsgd" if capture.upload == "gradient" else "fedavg", "lr": 0.1, "local_steps": 1, "local_epochs": None}
-    raw.update(capture.meta.get("hyper", {}))
-    raw.update(overrides or {})
-    raw.setdefault("batch_size", num_examples)
-    raw["num_examples"] = num_examples
+    """Public hyper-parameters of one upload: those the capture's ``meta.algorithm`` (a fllab
+    algorithm spec; default ``fedsgd`` for gradient uploads, ``fedavg`` otherwise) announces for a
+    client of ``num_examples`` examples, with ``overrides`` (field -> value) on top."""
+    default = "fedsgd" if capture.upload == "gradient" else "fedavg"
+    algorithm = ALGORITHMS.build(capture.meta.get("algorithm", default), "meta.algorithm")
+    hyper = algorithm.public_hyper(num_examples)
     fields = set(PublicHyperParams.__dataclass_fields__)
-    unknown = sorted(set(raw) - fields)
+    unknown = sorted(set(overrides or {}) - fields)
     if unknown:
         raise ConfigError(f"unknown hyper-parameter {unknown[0]!r}; allowed: {', '.join(sorted(fields))}", "hyper")
-    return PublicHyperParams(**raw)
+    return replace(hyper, **dict(overrides or {}))
 
 
 def observation(capture: Capture, r: int, pos: int, model: ModelHandle, hyper: Mapping[str, Any] | None) -> UpdateObservation:

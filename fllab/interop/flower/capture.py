@@ -13,7 +13,8 @@ Format (no pickle): one ``.npz`` (numpy's zip of ``.npy`` arrays, read with
   "upload": "weights"|"delta"|"gradient", "layout": [[key, shape], ...], "meta": {...},
   "rounds": [{"round": r, "clients": [{"node_id", "num_examples", "metrics"}]}]}`` where ``r`` is
   the 0-based round (Flower's ``server-round - 1``, fllab's numbering) and ``meta`` is what the
-  caller attached (the model spec and public hyper-parameters an attacker needs);
+  caller attached (what an attacker needs: the model spec, input shape, number of classes and the
+  fllab algorithm spec that fixes the public hyper-parameters);
 * ``round{r}.sent`` -- the (d,) float32 flat weights sent in round r;
 * ``round{r}.replies`` -- the (n, d) float32 flat records received, in ``clients`` order.
 
@@ -153,7 +154,7 @@ class RecordingStrategy(Strategy):
     ``inner``: the strategy that decides (sampling, aggregation); ``path``: the capture file;
     ``upload``: what the clients' records hold; ``meta``: JSON-able facts for the attacker (e.g.
     ``{"model": {"name": "convnet_ig"}, "input_shape": [3, 32, 32], "num_classes": 10,
-    "hyper": {"algorithm": "fedsgd", "lr": 0.1, "batch_size": 1}}``).
+    "algorithm": {"name": "fedsgd", "lr": 0.1, "batch_size": 1}}``).
     """
 
     def __init__(self, inner: Strategy, path: str | os.PathLike, *, upload: str = "weights", meta: Mapping[str, Any] | None = None):

@@ -54,6 +54,6 @@ def main(grid: Grid, context: Context) -> None:
     strategy = FllabStrategy("mean", [{"name": "dp_fedavg", "clip": float(cfg["clip"]), "noise_multiplier": float(cfg["noise-multiplier"])}],
                              upload="gradient", server_lr=ALGORITHM["lr"], min_train_nodes=2, min_available_nodes=2, fraction_evaluate=0.0)
     meta = {"model": {"name": "convnet", "width": int(cfg["width"])}, "input_shape": list(bundle.input_shape),
-            "num_classes": bundle.num_classes, "hyper": {"algorithm": "fedsgd", "lr": ALGORITHM["lr"], "batch_size": 1}}
+            "num_classes": bundle.num_classes, "algorithm": ALGORITHM}
     RecordingStrategy(strategy, str(cfg["capture"]), upload="gradient", meta=meta).start(
         grid=grid, initial_arrays=model_record(net), num_rounds=int(cfg["num-server-rounds"]))
