@@ -23,7 +23,6 @@ Format (no pickle): one ``.npz`` (numpy's zip of ``.npy`` arrays, read with
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import zipfile

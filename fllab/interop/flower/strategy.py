@@ -24,17 +24,19 @@ rate).  Any failure is a :class:`fllab.errors.ConfigError` raised before a messa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from logging import INFO
 from typing import Any, Iterable, Sequence
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
+from flwr.supercore import log
 from torch import nn
 
 from ...errors import ConfigError
 from ...registry import AGGREGATORS, DEFENSES, load_plugins
-from ...seeding import numpy_gen, torch_gen
+from ...seeding import numpy_gen
 from ...types import ModelHandle
 from .arrays import as_update, check_upload, flat_to_record, record_to_flat
 
@@ -211,8 +213,9 @@ class FllabStrategy(FedAvg):
         """Steps 2-4 of the module docstring on stacked (n, d) updates: what the engine does
         between the uploads and the server step."""
         for defense in self.defenses:
-            if hasattr(defense, "transform") and hasattr(defense, "wrap_aggregator"):  # dp_fedavg's clip
-                updates = torch.stack([defense.transform(u, torch_gen(self.seed, "unused")) for u in updates])
+            if hasattr(defense, "transform") and hasattr(defense, "wrap_aggregator"):  # dp_fedavg's clip (deterministic)
+                gen = torch.Generator(device="cpu")
+                updates = torch.stack([defense.transform(u, gen) for u in updates])
         for defense in self.defenses:
             if hasattr(defense, "server_view"):
                 uploads = defense.server_view(updates, weights, numpy_gen(self.seed, "defense", defense.registry_name, server_round - 1))
@@ -224,9 +227,6 @@ class FllabStrategy(FedAvg):
 
     def summary(self) -> None:
         super().summary()
-        from flwr.supercore import log
-        from logging import INFO
-
         names = [getattr(d, "registry_name", "?") for d in self.defenses]
         log(INFO, "\t└──> fllab: aggregator %s, server defenses %s, upload %s", self.base_aggregator.registry_name, names, self.upload)
 
