@@ -70,6 +70,15 @@ def observation(capture: Capture, r: int, pos: int, model: ModelHandle, hyper: M
     )
 
 
+def seed_id(cr: Any, pos: int) -> int:
+    """The id an attack seeds its randomness with for upload ``pos``: fllab's client id when the
+    reply reported one (:class:`.FllabClient` does), else the node id -- so that an attack on the
+    capture of a fllab client reproduces the engine's attack on the same client and seed."""
+    from .client import CLIENT_ID_KEY
+
+    return int(cr.metrics[pos].get(CLIENT_ID_KEY, cr.client_ids[pos]))
+
+
 def _positions(ids: Sequence[int], wanted: Sequence[int] | None, k: int) -> list[int]:
     if wanted is None:
         return list(range(min(k, len(ids))))
@@ -101,7 +110,7 @@ def invert(attack: Any, capture: Capture, model: ModelHandle, *, hyper=None, cli
     labels = [t.y for t in truths] if (truths is not None and p.labels == "known") else None
     if p.labels == "known" and labels is None:
         raise ConfigError(f"{attack.registry_name}.labels = known needs the ground truth", "truth")
-    seeds = [derive_seed(seed, "attack", attack.registry_name, o.client_id) for o in obs]
+    seeds = [derive_seed(seed, "attack", attack.registry_name, seed_id(cr, i)) for i in picks]
     recs = attack.reconstruct_many(obs, num_images, labels, seeds)
     if truths is not None:
         return score_inversion(attack, obs, recs, truths, None)

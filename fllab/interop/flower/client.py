@@ -14,7 +14,7 @@ client id is the node's ``partition-id`` when its node config has one, the round
 :class:`fllab.training.client.ClientRunner`, so the upload equals what the serial engine computes
 for that client, round and seed.  The reply's record holds the algorithm's upload (``delta`` for
 FedAvg, ``gradient`` for FedSGD) or, with ``upload="weights"``, the new weights a stock Flower
-strategy expects; its metrics hold ``num-examples`` and ``train_loss``.
+strategy expects; its metrics hold ``num-examples``, ``train_loss`` and ``fllab.client-id``.
 
 DP-SGD: the client's accountant history (``(sigma, q, steps)`` segments of every round it took
 part in) lives in the node's ``context.state`` (a ConfigRecord, kept by Flower between rounds),
@@ -39,6 +39,9 @@ from .arrays import as_reply, flat_to_record, record_to_flat
 from .mods import client_round
 
 STATE_KEY = "fllab"
+#: reply metric holding fllab's client id (the node's partition-id): attacks on a capture seed
+#: their randomness with it, as the engine's drivers do, so that they reproduce a scenario's attack
+CLIENT_ID_KEY = "fllab.client-id"
 HISTORY_KEY = "dp_sgd.history"
 
 
@@ -105,7 +108,7 @@ class FllabClient:
             state = DPSGDState(history_from_state(context))
         task = ClientTask(cid, rnd, sent.to(self.device), data.to(self.device), derive_seed(self.seed, "client", cid, rnd), self.device, state)
         result = self.runner(task)
-        metrics: dict[str, Any] = {"num-examples": int(result.num_examples)}
+        metrics: dict[str, Any] = {"num-examples": int(result.num_examples), CLIENT_ID_KEY: cid}
         metrics.update({k: float(v) for k, v in result.metrics.items()})
         if self.dp is not None:
             history = result.extras["dp_sgd.history"]

@@ -39,6 +39,7 @@ from ...registry import AGGREGATORS, DEFENSES, load_plugins
 from ...seeding import numpy_gen
 from ...types import ModelHandle
 from .arrays import as_update, check_upload, flat_to_record, record_to_flat
+from .client import CLIENT_ID_KEY
 
 
 class _Shapes(nn.Module):
@@ -202,6 +203,8 @@ class FllabStrategy(FedAvg):
         record.flagged = None if flagged is None else [int(c) for c in flagged]
         self.rounds.append(record)
         metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+        if CLIENT_ID_KEY in metrics:  # an id, not a quantity to average
+            del metrics[CLIENT_ID_KEY]
         client_eps = [float(_metrics(c)["privacy.epsilon"]) for c in contents if "privacy.epsilon" in _metrics(c)]
         if client_eps:  # record-level DP-SGD in the clients: the worst-off client's guarantee
             metrics["privacy.epsilon"] = max(client_eps)
