@@ -121,6 +121,21 @@ def test_superlink_two_supernodes_capture_and_inverting_gradients(tmp_path):
     node = first.client_ids[[m["partition-id"] for m in first.metrics].index(0)]
     load_plugins()
     image = DATASETS.build("cifar10_samples").load().train.subset(torch.tensor([0]))
+    # what node 0 sent in round 0 is fllab's own upload of that image, clipped by the dp_fedavg mod
+    sys.path.insert(0, str(APP))
+    from fllab_ig_app.apps import ALGORITHM, task
+    from fllab.defenses.dp import clip_segments
+    from fllab.registry import ALGORITHMS
+    from fllab.seeding import derive_seed
+    from fllab.training.client import ClientRunner
+    from fllab.types import ClientTask
+
+    _, handle = task(8)
+    torch.manual_seed(0)
+    weights = torch.cat([p.detach().reshape(-1) for p in handle.build().parameters()])
+    own = ClientRunner(handle, ALGORITHMS.build(ALGORITHM))(ClientTask(0, 0, weights, image, derive_seed(0, "client", 0, 0))).update
+    assert torch.equal(first.sent, weights)
+    assert torch.equal(first.updates[first.client_ids.index(node)], clip_segments(own, [own.numel()], [1.0]))
     out = attack_capture(cap, {"name": "inverting_gradients", "iterations": 60, "lr": 0.1, "lpips": False}, clients=[node],
                          truth={node: image})
     assert out.metrics["inversion.psnr"] > out.metrics["inversion.psnr_random_guess"] + 3.0
