@@ -277,6 +277,23 @@ def audit_ldp(scenario: Path, out: Path | None, overwrite: bool, jobs: int, quie
                f"max eps_emp/eps {metrics['ldp_audit.max_ratio']:.3f}, {metrics['run.seconds']:.1f} s")
 
 
+@main.command()
+@click.argument("capture", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--attack", "attack_name", required=True, help="attack (inverting_gradients, update_cosine, ...) or detecting aggregator (mudhog)")
+@click.option("--set", "params", multiple=True, metavar="KEY=VALUE", help="attack parameter, e.g. --set iterations=500")
+@click.option("--data", type=click.Path(dir_okay=False, path_type=Path), help=".npz of attacker inputs and optional ground truth")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="directory for attack.json and artefacts")
+@json_option
+@guarded
+def attack(capture: Path, attack_name: str, params: tuple[str, ...], data: Path | None, out: Path, as_json: bool) -> None:
+    """Attack a capture of Flower traffic from the server's position (fllab.interop.flower).
+    Exit 2 (one line): flwr missing, a truncated or other-version capture, bad inputs."""
+    from .interop.flower.command import attack_command
+
+    summary = attack_command(capture, attack_name, params, data, out)
+    click.echo(json.dumps(summary, default=float) if as_json else "\n".join(f"{k}: {v:.4g}" for k, v in summary["metrics"].items()) or f"wrote {out}")
+
+
 def one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None) -> str:
     """Warnings on the command line read like its errors: one line, no source excerpt."""
     return f"warning: {message}\n"

@@ -12,6 +12,6 @@ if [ "${#DEBS[@]}" -gt 0 ] && command -v apt-get >/dev/null; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${DEBS[@]}" >/dev/null
 fi
-python -m pip install -q -e ".[dev,tracking,analysis,ray]"
+python -m pip install -q -e ".[dev,tracking,analysis,ray,flower]"
 python -m pip install -q --no-deps -e examples/fllab-example-plugin
 python -m fllab.metrics.lpips_weights

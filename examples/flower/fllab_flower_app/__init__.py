@@ -1,0 +1,1 @@
+"""A Flower app defended with fllab (see README.md)."""

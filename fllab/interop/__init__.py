@@ -1,0 +1,1 @@
+"""Bridges between fllab and other federated-learning stacks (today: Flower, :mod:`.flower`)."""

@@ -1,0 +1,1 @@
+"""Deployment-test app (see tests/test_flower_deployment.py)."""
