@@ -108,8 +108,8 @@ def main() -> None:
         f"report at a time (LDP-Auditor's loop structure), timed on {args.loop_trials:,} trials per input per cell and scaled to "
         f"{args.trials:,} (the loop was timed first, while the vectorised audit ran in another process when `--audit-dir` is used). LDP-Auditor's paper publishes no run time to compare against.",
         "",
-        f"Recorded {datetime.date.today()} with `python benchmarks/bench_ldp_audit.py --write` on {platform.machine()} "
-        f"({os.cpu_count()} CPUs), numpy {np.__version__}, Python {platform.python_version()}, one process. "
+        f"Recorded {datetime.date.today()} with `python {' '.join(sys.argv)}` on {platform.machine()} "
+        f"({os.cpu_count()} CPUs), numpy {np.__version__}, Python {platform.python_version()}. "
         f"Load average (1 min) at start and end: {load0:.1f}, {load1:.1f} (a shared machine).",
         "",
         *([f"Vectorised times: the paper-attack audits of `fllab audit-ldp` run {args.audit_dir.name} "
