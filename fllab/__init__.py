@@ -96,18 +96,11 @@ def describe(name: str) -> dict[str, Any]:
 
 
 def build_report(directory: Any):
-    """Rebuild ``report.md`` and ``report.html`` of a run or sweep directory, like ``fllab report``;
-    return their paths.  (Not ``fllab.report``: that name is the report package.)"""
-    from pathlib import Path
+    """Rebuild ``report.md`` and ``report.html`` of a run, sweep or LDP-audit directory, like
+    ``fllab report``; return their paths.  (Not ``fllab.report``: that name is the report package.)"""
+    from .report import rebuild
 
-    from .report import build_report as run_report, build_sweep_report
-
-    directory = Path(directory)
-    if (directory / "results.csv").is_file():
-        return build_sweep_report(directory)
-    if (directory / "summary.json").is_file():
-        return run_report(directory)
-    raise ConfigError(f"{directory} is neither a run directory (summary.json) nor a sweep (results.csv)", "directory")
+    return rebuild(directory)
 
 
 def load_results(path: Any, *, aggregate: bool = False):

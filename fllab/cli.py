@@ -244,15 +244,10 @@ def describe(name: str, as_json: bool) -> None:
 @click.option("--y", "y_metric", help="sweeps: metric on the y axis, e.g. inversion.psnr")
 @guarded
 def report(run_dir: Path, x_metric: str | None, y_metric: str | None) -> None:
-    """Rebuild report.md and report.html of RUN_DIR (or a sweep directory) without re-training."""
-    from .report import build_report, build_sweep_report
+    """Rebuild report.md and report.html of RUN_DIR (a run, a sweep or an LDP audit) without re-running."""
+    from .report import rebuild
 
-    if (run_dir / "results.csv").exists():
-        md, html = build_sweep_report(run_dir, x=x_metric, y=y_metric)
-    elif (run_dir / "summary.json").exists():
-        md, html = build_report(run_dir)
-    else:
-        raise ConfigError(f"{run_dir} is neither a run directory (summary.json) nor a sweep (results.csv)", "RUN_DIR")
+    md, html = rebuild(run_dir, x=x_metric, y=y_metric)
     click.echo(f"wrote {md} and {html}")
 
 

@@ -9,4 +9,27 @@ from .pareto import pareto_front
 from .render import build_report
 from .sweep import build_sweep_report
 
-__all__ = ["HIGHER_IS_BETTER", "build_report", "build_sweep_report", "higher_is_better", "pareto_front"]
+
+def rebuild(directory, *, x=None, y=None):
+    """Rebuild the report of whatever fllab wrote in ``directory`` -- a sweep (``results.csv``), an
+    LDP audit grid (``audit.csv``) or a run (``summary.json``) -- and return ``(md, html)`` paths:
+    the one dispatcher behind ``fllab report`` and :func:`fllab.build_report`."""
+    from pathlib import Path
+
+    from ..errors import ConfigError
+
+    directory = Path(directory)
+    if (directory / "results.csv").is_file():
+        return build_sweep_report(directory, x=x, y=y)
+    if (directory / "audit.csv").is_file():
+        from ..privacy.ldp.grid import build_audit_report
+
+        return build_audit_report(directory)
+    if (directory / "summary.json").is_file():
+        return build_report(directory)
+    raise ConfigError(
+        f"{directory} is neither a run directory (summary.json), a sweep (results.csv) nor an LDP audit (audit.csv)", "directory"
+    )
+
+
+__all__ = ["HIGHER_IS_BETTER", "build_report", "build_sweep_report", "higher_is_better", "pareto_front", "rebuild"]
