@@ -88,8 +88,10 @@ def test_fedavg_quickstart_resumes_to_the_same_metrics(monkeypatch, tmp_path):
     assert got["utility.accuracy"] > 0.5
 
 
-def test_dp_sgd_resumes_to_the_same_epsilon(monkeypatch, tmp_path):
-    data = scenario(defenses=[{"name": "dp_sgd", "noise_multiplier": 1.0}], federation={"num_clients": 4, "clients_per_round": 2, "rounds": 5})
+@pytest.mark.parametrize("defense", [{"name": "dp_sgd", "noise_multiplier": 1.0}, {"name": "dp_fedavg", "noise_multiplier": 1.0, "clip": 1.0}],
+                         ids=["dp_sgd", "dp_fedavg"])
+def test_dp_resumes_to_the_same_epsilon(monkeypatch, tmp_path, defense):
+    data = scenario(defenses=[defense], federation={"num_clients": 4, "clients_per_round": 2, "rounds": 5})
     got = check_resume_matches(monkeypatch, tmp_path, data, stop=3)
     assert 0 < got["privacy.epsilon"] < float("inf")
 
@@ -178,9 +180,10 @@ def test_nothing_to_resume_is_refused(tmp_path, write_yaml):
 
 
 # ------------------------------------------------------------------------------ a real SIGKILL
+@pytest.mark.slow  # ~45 s on the shared 2-core machine: two CLI start-ups and 300 rounds
 def test_sigkilled_cli_run_resumes_to_the_same_metrics(tmp_path, write_yaml):
     data = scenario()
-    data["federation"]["rounds"] = 400
+    data["federation"]["rounds"] = 150
     data["checkpoint"] = {"every": 3}
     path = write_yaml(data)
     out = tmp_path / "killed"
