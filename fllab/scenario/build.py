@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import CapabilityError, ConfigError
+from ..hooks import has_hook
 from ..registry import AGGREGATORS, ALGORITHMS, ATTACKS, DATASETS, DEFENSES, EXECUTORS, MODELS, PARTITIONS, Registry
+from ..types import ModelHandle
 from .schema import Component, Scenario
 
 
@@ -118,21 +120,32 @@ def plan_defenses(setup: Setup, model: Any) -> None:
     defense.  ``model`` is a :class:`~fllab.types.ModelHandle`."""
     fed = setup.scenario.federation
     for i, defense in enumerate(setup.defenses):
-        if hasattr(defense, "plan"):
+        if has_hook(defense, "plan"):
             try:
                 defense.plan(rounds=fed.rounds, num_clients=fed.num_clients, clients_per_round=fed.per_round, model=model)
             except ValueError as err:
                 raise ConfigError(str(err), f"defenses.{i}") from None
 
 
-def model_handle(setup: Setup, input_shape: tuple[int, ...], num_classes: int) -> Any:
-    """The scenario's model factory for this data shape, wrapped by bundles that change the
-    network (FRL, HyperFL)."""
-    from ..types import ModelHandle
+@dataclass(frozen=True)
+class ModelBuilder:
+    """Picklable factory of the task's network (worker processes build their own copy)."""
 
-    build = lambda: setup.model.build(input_shape, num_classes)  # noqa: E731
-    wrap = getattr(setup.algorithm, "wrap_model", None)
-    return ModelHandle(wrap(build) if wrap else build, input_shape, num_classes)
+    model: Any  # the registered model component
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+    def __call__(self) -> Any:
+        return self.model.build(self.input_shape, self.num_classes)
+
+
+def model_handle(setup: Setup, input_shape: tuple[int, ...], num_classes: int) -> ModelHandle:
+    """The scenario's model factory for this data shape, wrapped by bundles that change the
+    network (``wrap_model``: FRL, HyperFL)."""
+    build: Any = ModelBuilder(setup.model, tuple(input_shape), num_classes)
+    if has_hook(setup.algorithm, "wrap_model"):
+        build = setup.algorithm.wrap_model(build)
+    return ModelHandle(build, tuple(input_shape), num_classes)
 
 
 def check_without_data(setup: Setup) -> None:

@@ -11,7 +11,7 @@ import torch
 
 from ..errors import ConfigError
 from ..hooks import has_hook
-from ..scenario.build import Setup, malicious_count
+from ..scenario.build import Setup, malicious_count, model_handle, plan_defenses
 from ..seeding import derive_seed, numpy_gen
 from ..types import Aggregator, DatasetBundle, ModelHandle, TensorData
 from .client import ClientRunner
@@ -92,37 +92,6 @@ def assign_malicious(attacks: list[Any], num_clients: int, root: int) -> dict[st
     return out
 
 
-@dataclass(frozen=True)
-class ModelBuilder:
-    """Picklable factory of the task's network (worker processes build their own copy)."""
-
-    model: Any  # the registered model component
-    input_shape: tuple[int, ...]
-    num_classes: int
-
-    def __call__(self) -> torch.nn.Module:
-        return self.model.build(self.input_shape, self.num_classes)
-
-
-def build_model(setup: Setup, input_shape: tuple[int, ...], num_classes: int) -> ModelHandle:
-    """The public model handle; an algorithm bundle may change the network (``wrap_model``)."""
-    build: Any = ModelBuilder(setup.model, tuple(input_shape), num_classes)
-    if has_hook(setup.algorithm, "wrap_model"):
-        build = setup.algorithm.wrap_model(build)
-    return ModelHandle(build, input_shape, num_classes)
-
-
-def plan_defenses(setup: Setup, model: ModelHandle) -> None:
-    """Let defenses that calibrate to the federation and the model (``plan``) do so."""
-    fed = setup.scenario.federation
-    for i, defense in enumerate(setup.defenses):
-        if has_hook(defense, "plan"):
-            try:
-                defense.plan(rounds=fed.rounds, num_clients=fed.num_clients, clients_per_round=fed.per_round, model=model)
-            except ValueError as err:
-                raise ConfigError(str(err), f"defenses.{i}") from None
-
-
 def wrap_aggregator(setup: Setup) -> Aggregator:
     """The algorithm bundle's own aggregation (FRL's vote) or the scenario's, wrapped by the
     server-side defenses in order."""
@@ -147,7 +116,7 @@ def wire(setup: Setup) -> Federation:
         raise ConfigError(str(err), "federation.partition") from None
     train = bundle.train.to(device)
     client_data = [train.subset(torch.as_tensor(p, device=device)) for p in parts]
-    model = build_model(setup, bundle.input_shape, bundle.num_classes)
+    model = model_handle(setup, bundle.input_shape, bundle.num_classes)
     if has_hook(setup.executor, "check"):  # an executor refuses what it cannot run, before anything runs
         setup.executor.check(setup, model)
     plan_defenses(setup, model)
