@@ -121,6 +121,15 @@ def test_membership_and_inversion_resume(monkeypatch, tmp_path):
     assert "membership.auc" in got and "inversion.psnr" in got
 
 
+@pytest.mark.parametrize("algorithm", [
+    {"name": "frl", "local_epochs": 1, "batch_size": 16, "lr": 0.2},
+    {"name": "hyperfl", "embed_dim": 8, "hidden_dim": 8, "local_epochs": 1},  # private embedding + head per client
+], ids=["frl", "hyperfl"])
+def test_algorithm_bundles_resume(monkeypatch, tmp_path, algorithm):
+    data = scenario(algorithm=algorithm, federation={"num_clients": 4, "clients_per_round": 3, "rounds": 5})
+    check_resume_matches(monkeypatch, tmp_path, data, stop=3)
+
+
 # ------------------------------------------------------------------------------ refusals (exit 2)
 @pytest.fixture
 def interrupted(monkeypatch, tmp_path, write_yaml):
