@@ -34,13 +34,14 @@ class Interrupted(Exception):
     pass
 
 
-def interrupt_after(monkeypatch, stop: int) -> None:
-    """Raise from the runner's on_round callback once round ``stop``'s record is written."""
+def interrupt_after(monkeypatch, stop: int, *, twin: bool = False) -> None:
+    """Raise from the runner's on_round callback once round ``stop``'s record is written (of the
+    no-attack twin with ``twin``)."""
     original = fllab.runner.append_jsonl
 
     def append(path, record):
         original(path, record)
-        if Path(path).parent.name.endswith(".partial") and Path(path).parent.name != "baseline.partial" and record["round"] == stop:
+        if (Path(path).parent.name == "baseline.partial") == twin and record["round"] == stop:
             raise Interrupted(f"stopped after round {stop}")
 
     monkeypatch.setattr(fllab.runner, "append_jsonl", append)
@@ -55,19 +56,23 @@ def records(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
 
 
-def check_resume_matches(monkeypatch, tmp_path: Path, data: dict, stop: int) -> dict:
-    """Run ``data`` whole; run it again interrupted after round ``stop``, resume it; compare."""
+def check_resume_matches(monkeypatch, tmp_path: Path, data: dict, stop: int, *, twin: bool = False) -> dict:
+    """Run ``data`` whole; run it again interrupted after round ``stop`` (of its twin with
+    ``twin``), resume it; compare."""
     _, whole = fllab.run(data, tmp_path / "whole")
-    interrupt_after(monkeypatch, stop)
+    interrupt_after(monkeypatch, stop, twin=twin)
     with pytest.raises(Interrupted):
         fllab.run(data, tmp_path / "cut")
-    state = json.loads((partial_of(tmp_path / "cut") / CHECKPOINT / CHECKPOINT_STATE).read_text())
+    partial = partial_of(tmp_path / "cut")
+    state = json.loads(((partial / "baseline.partial" if twin else partial) / CHECKPOINT / CHECKPOINT_STATE).read_text())
     every = data["checkpoint"]["every"]
     assert state["round"] == (stop // every) * every  # the last checkpoint before the interruption
     monkeypatch.undo()
     _, resumed = fllab.run(data, tmp_path / "cut", resume=True)
     assert metrics(resumed) == metrics(whole)
     assert records(tmp_path / "cut") == records(tmp_path / "whole")
+    if twin:
+        assert records(tmp_path / "cut" / "baseline") == records(tmp_path / "whole" / "baseline")
     assert not (tmp_path / "cut" / CHECKPOINT).exists()  # a finished run carries no checkpoint
     return metrics(whole)
 
@@ -96,7 +101,9 @@ def test_dp_resumes_to_the_same_epsilon(monkeypatch, tmp_path, defense):
     assert 0 < got["privacy.epsilon"] < float("inf")
 
 
-def test_poisoning_with_a_detector_resumes(monkeypatch, tmp_path):
+@pytest.mark.parametrize("twin", [False, True], ids=["run", "its_twin"])
+def test_poisoning_with_a_detector_resumes(monkeypatch, tmp_path, twin):
+    """Interrupted in the run itself, or while its no-attack twin trains."""
     data = scenario(
         federation={"num_clients": 20, "rounds": 6},
         algorithm={"name": "fedsgd", "lr": 0.5, "batch_size": 32},
@@ -104,7 +111,7 @@ def test_poisoning_with_a_detector_resumes(monkeypatch, tmp_path):
         attacks=[{"name": "sign_flip", "fraction": 0.3}],
         evaluation={"baseline": True},
     )
-    got = check_resume_matches(monkeypatch, tmp_path, data, stop=4)
+    got = check_resume_matches(monkeypatch, tmp_path, data, stop=4, twin=twin)
     assert got["poisoning.detection_precision"] > 0.5 and "poisoning.accuracy_drop" in got
 
 
@@ -119,6 +126,13 @@ def test_membership_and_inversion_resume(monkeypatch, tmp_path):
     )
     got = check_resume_matches(monkeypatch, tmp_path, data, stop=3)  # both attacks observed before the checkpoint
     assert "membership.auc" in got and "inversion.psnr" in got
+
+
+def test_stateful_aggregators_resume(monkeypatch, tmp_path):
+    """Bucketing's draw counter and centered clipping's center (the previous aggregate) carry over."""
+    data = scenario(aggregator={"name": "bucketing", "s": 2, "then": {"name": "centered_clipping", "tau": 0.5}},
+                    attacks=[{"name": "sign_flip", "fraction": 0.25}])
+    check_resume_matches(monkeypatch, tmp_path, data, stop=3)
 
 
 @pytest.mark.parametrize("algorithm", [

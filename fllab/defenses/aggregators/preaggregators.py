@@ -47,6 +47,7 @@ class PreAggregator(Rule):
     def __init__(self, params: Any):
         super().__init__(params)
         self.inner = AGGREGATORS.build(params.then, path="then")
+        self.scratch: torch.Tensor | None = None
 
     def state_dict(self) -> dict[str, Any]:
         """The inner aggregator's round-to-round state (e.g. a detector's history)."""
@@ -55,7 +56,6 @@ class PreAggregator(Rule):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if has_hook(self.inner, "load_state_dict"):
             self.inner.load_state_dict(state["inner"])
-        self.scratch: torch.Tensor | None = None
 
     def buffer(self, rows: int, like: torch.Tensor) -> torch.Tensor:
         """The reused (rows, d) scratch buffer, reallocated when the shape, dtype or device changes."""
