@@ -130,7 +130,7 @@ def test_membership_and_inversion_resume(monkeypatch, tmp_path):
 
 def test_stateful_aggregators_resume(monkeypatch, tmp_path):
     """Bucketing's draw counter and centered clipping's center (the previous aggregate) carry over."""
-    data = scenario(aggregator={"name": "bucketing", "s": 2, "then": {"name": "centered_clipping", "tau": 0.5}},
+    data = scenario(aggregator={"name": "bucketing", "s": 2, "then": {"name": "centered_clipping", "tau": 0.01}},
                     attacks=[{"name": "sign_flip", "fraction": 0.25}])
     check_resume_matches(monkeypatch, tmp_path, data, stop=3)
 
