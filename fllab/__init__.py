@@ -42,10 +42,12 @@ def _scenario_data(scenario: Any, overrides: Sequence[str] = ()) -> dict[str, An
     return data
 
 
-def run(scenario: Any, out: Any = None, *, overrides: Sequence[str] = (), quiet: bool = True, overwrite: bool = False):
+def run(scenario: Any, out: Any = None, *, overrides: Sequence[str] = (), quiet: bool = True, overwrite: bool = False,
+        resume: bool = False):
     """Run one scenario (a YAML path, a mapping or a :class:`~fllab.scenario.schema.Scenario`) and
     return ``(run_dir, summary)``, like ``fllab run``.  A scenario with a sweep block is refused:
-    :func:`sweep` runs it."""
+    :func:`sweep` runs it.  ``resume=True`` continues the interrupted run at ``out`` from its last
+    checkpoint (``checkpoint: {every: k}``), like ``fllab run --resume``."""
     from pathlib import Path
 
     from .runner import has_sweep, run_scenario
@@ -54,7 +56,7 @@ def run(scenario: Any, out: Any = None, *, overrides: Sequence[str] = (), quiet:
     if has_sweep(data):
         raise ConfigError("the scenario has a sweep block: run it with fllab.sweep(), or remove the block", "sweep")
     protect = (scenario,) if isinstance(scenario, (str, Path)) else ()  # --overwrite never removes the scenario file
-    return run_scenario(data, out, quiet=quiet, overwrite=overwrite, protect=protect)
+    return run_scenario(data, out, quiet=quiet, overwrite=overwrite, protect=protect, resume=resume)
 
 
 def sweep(scenario: Any, out: Any = None, *, overrides: Sequence[str] = (), quiet: bool = True):

@@ -68,12 +68,13 @@ def main() -> None:
 @set_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="run directory (default runs/NAME-TIME)")
 @click.option("--overwrite", is_flag=True, help="replace an existing run directory")
+@click.option("--resume", is_flag=True, help="continue the interrupted run at --out (default: the newest runs/NAME-*) from its last checkpoint")
 @quiet_option
 @track_option
 @json_option
 @guarded
-def run(scenario: Path, overrides: tuple[str, ...], out: Path | None, overwrite: bool, quiet: bool, track: str | None,
-        as_json: bool) -> None:
+def run(scenario: Path, overrides: tuple[str, ...], out: Path | None, overwrite: bool, resume: bool, quiet: bool,
+        track: str | None, as_json: bool) -> None:
     """Run SCENARIO and write its run directory (a scenario with a sweep block runs the sweep)."""
     from .runner import has_sweep, run_scenario, run_sweep
     from .scenario.loader import load_raw
@@ -82,7 +83,7 @@ def run(scenario: Path, overrides: tuple[str, ...], out: Path | None, overwrite:
     if has_sweep(data):
         _report_sweep(*run_sweep(data, out, quiet=quiet), as_json=as_json)
         return
-    run_dir, summary = run_scenario(data, out, quiet=quiet, overwrite=overwrite, protect=(scenario,))
+    run_dir, summary = run_scenario(data, out, quiet=quiet, overwrite=overwrite, protect=(scenario,), resume=resume)
     if as_json:
         click.echo(json.dumps({"run_dir": str(run_dir), **summary}))
     else:

@@ -20,6 +20,8 @@ attack         per family (:data:`FAMILY_HOOKS`): poisoning ``poison_data`` / ``
                ``reconstruct_many``; membership ``score`` / ``score_rounds`` (at least one);
                audit ``craft_canaries``* ``score_canaries``*
 executor       ``start``* ``map``* ``close``* ``used``* ``check``
+any kind       ``state_dict`` + ``load_state_dict`` (both or neither): round-to-round state, for
+               checkpoints (:mod:`fllab.state`)
 =============  ==================================================================================
 """
 from __future__ import annotations
@@ -168,6 +170,19 @@ class CheckRun(Protocol):
     def check(self, setup: Any, model: ModelHandle) -> None: ...
 
 
+# ------------------------------------------------------------------------------------ any kind
+class StateDict(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+
+
+class LoadStateDict(Protocol):
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+#: the checkpoint hooks any component may implement, always together (:mod:`fllab.state`)
+STATE_HOOKS = (StateDict, LoadStateDict)
+
+
 @dataclass(frozen=True)
 class KindHooks:
     """The hooks of one component kind: all of ``required``, at least one of each group in
@@ -248,7 +263,7 @@ def check_hooks(kind: str, name: str, cls: type) -> frozenset[str]:
     if spec is None:
         return frozenset()
     present = set()
-    for protocol in spec.all():
+    for protocol in (*spec.all(), *STATE_HOOKS):
         hook = hook_name(protocol)
         if not hasattr(cls, hook):
             continue
@@ -264,6 +279,9 @@ def check_hooks(kind: str, name: str, cls: type) -> frozenset[str]:
         renamed = {old: new for old, new in RENAMED.items() if hasattr(cls, old) and any(new in m for m in missing)}
         hint = "".join(f"; rename {old} to {new}" for old, new in renamed.items())
         raise ValueError(f"{kind} {name!r} lacks the hook(s) {', '.join(missing)}{hint}")
+    state = [hook_name(p) for p in STATE_HOOKS]
+    if any(h in present for h in state) and not all(h in present for h in state):
+        raise ValueError(f"{kind} {name!r} must implement both {' and '.join(state)} or neither")
     return frozenset(present)
 
 

@@ -90,6 +90,11 @@ def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
         os.fsync(fh.fileno())
 
 
+def atomic_write_jsonl(path: str | os.PathLike, records: list[dict[str, Any]]) -> None:
+    """Replace ``path`` by these records, one JSON line each (as :func:`append_jsonl` writes them)."""
+    atomic_write_text(path, "".join(json.dumps(_jsonable(r)) + "\n" for r in records))
+
+
 def read_text(path: str | os.PathLike) -> str:
     """A UTF-8 text file's contents; a file that is not UTF-8 is a FllabError naming it."""
     try:

@@ -13,6 +13,11 @@ guarantees (issue 10):
   (:func:`fcntl.flock`), held while a run (or sweep, or sweep cell) writes; a second writer gets
   one line naming the holder's pid and host.  The kernel drops the lock when the holder dies, so a
   killed run never leaves a stale lock.
+* **Checkpoints.**  A run with ``checkpoint.every`` keeps its last checkpoint in
+  ``<out>.partial/checkpoint/`` (:func:`write_checkpoint`): a ``torch.save`` file of plain tensors
+  (read back with ``weights_only=True``) and ``state.json``, written last, that names it with its
+  SHA-256 -- the commit point, so a checkpoint is whole or the previous one.  ``--resume`` keeps
+  the directory (:func:`writing_run`'s ``keep``); a finished run drops it (:func:`drop_checkpoint`).
 * **OS errors are one line.**  A directory that cannot be created (read-only, under a file,
   name too long, ``/proc``) is a :class:`ConfigError` naming the path and the cause; any parent
   created on the way is removed again.
@@ -21,6 +26,8 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
+import io
 import json
 import os
 import shutil
@@ -31,6 +38,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from .errors import ConfigError, FllabError
+from .io import atomic_write_bytes, atomic_write_json
 
 # ----------------------------------------------------------------------------------- names
 MARKER = ".fllab"  # marker + lock file of every directory fllab writes
@@ -43,6 +51,8 @@ PARTITION = "partition.json"
 ATTACKS = "attacks.json"
 ARTEFACTS = "artefacts"
 BASELINE_DIR = "baseline"  # a single run's no-attack twin, inside its run directory
+CHECKPOINT = "checkpoint"  # an unfinished run's last checkpoint, inside <out>.partial
+CHECKPOINT_STATE = "state.json"  # the checkpoint's commit record (JSON state + tensor file name + SHA-256)
 # sweep directories
 SWEEP_FILE = "sweep.yaml"
 CELLS_FILE = "cells.json"
@@ -193,6 +203,26 @@ def check_out(out: Path, *, overwrite: bool, protect: Sequence[str | os.PathLike
     return out
 
 
+def check_resumable(out: Path) -> Path:
+    """``out`` (made absolute) when it names an interrupted run (its ``.partial`` directory
+    exists, the run itself does not); otherwise a ConfigError saying why there is nothing to resume."""
+    out = absolute(out)
+    if out.exists():
+        raise ConfigError(f"{out} is a finished run; nothing to resume", "--resume")
+    if not partial_of(out).is_dir():
+        raise ConfigError(f"nothing to resume: {partial_of(out)} does not exist (an interrupted run leaves it)", "--resume")
+    return out
+
+
+def latest_partial(parent: Path, name: str) -> Path:
+    """The run directory of the newest interrupted run ``<parent>/<name>-*.partial`` (``--resume``
+    without ``--out``)."""
+    found = sorted(parent.glob(f"{name}-*{PARTIAL_SUFFIX}"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise ConfigError(f"no interrupted run of {name} under {parent}/; give its --out", "--resume")
+    return found[-1].with_name(found[-1].name[: -len(PARTIAL_SUFFIX)])
+
+
 @contextmanager
 def writing_run(out: Path, *, overwrite: bool, protect: Sequence[str | os.PathLike] = (), keep: Sequence[str] = ()) -> Iterator[Path]:
     """Claim ``out`` for a run and yield its locked ``.partial`` directory (cleared except for
@@ -251,3 +281,61 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise FllabError(f"{path}: expected a JSON object")
     return data
+
+
+# ----------------------------------------------------------------------------------- checkpoints
+def write_checkpoint(partial: Path, record: dict[str, Any], tensors: list[Any]) -> None:
+    """Replace ``partial``'s checkpoint: the tensors go to ``tensors-<round>.pt`` first, then
+    ``state.json`` (``record`` plus that file's name and SHA-256) is renamed into place, then
+    older tensor files are removed.  A crash at any point leaves this or the previous checkpoint."""
+    import torch
+
+    folder = partial / CHECKPOINT
+    name = f"tensors-{int(record['round'])}.pt"
+    buf = io.BytesIO()
+    torch.save(list(tensors), buf)
+    blob = buf.getvalue()
+    atomic_write_bytes(folder / name, blob)
+    atomic_write_json(folder / CHECKPOINT_STATE, {**record, "tensors": name, "sha256": hashlib.sha256(blob).hexdigest()})
+    for old in folder.glob("tensors-*.pt"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
+
+
+def read_checkpoint(partial: Path) -> tuple[dict[str, Any], list[Any]] | None:
+    """``(record, tensors)`` of ``partial``'s checkpoint, None when it has none.  A checkpoint
+    that does not read back whole (bad JSON, missing or altered tensor file, not plain tensors) is
+    a ConfigError naming it."""
+    import torch
+
+    folder = partial / CHECKPOINT
+    state = folder / CHECKPOINT_STATE
+    if not state.exists():
+        return None
+
+    def corrupt(why: str) -> ConfigError:
+        return ConfigError(f"corrupt checkpoint {state}: {why}; delete {folder} to start over", "--resume")
+
+    try:
+        record = json.loads(state.read_text(encoding="utf-8"))
+        name = record["tensors"]
+        if not isinstance(name, str) or Path(name).name != name:
+            raise corrupt(f"bad tensor file name {name!r}")
+        blob = (folder / name).read_bytes()
+        if hashlib.sha256(blob).hexdigest() != record["sha256"]:
+            raise corrupt(f"{name} does not match its SHA-256")
+        tensors = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except ConfigError:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        raise corrupt(os_error_line(err) if isinstance(err, OSError) else f"{type(err).__name__}: {err}") from None
+    except Exception as err:  # torch.load refusing a non-tensor payload (pickle.UnpicklingError, RuntimeError)
+        raise corrupt(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
+    if not isinstance(record, dict) or not isinstance(tensors, list) or not all(isinstance(t, torch.Tensor) for t in tensors):
+        raise corrupt("unexpected contents")
+    return record, tensors
+
+
+def drop_checkpoint(partial: Path) -> None:
+    """Remove the checkpoint of a run that has finished."""
+    shutil.rmtree(partial / CHECKPOINT, ignore_errors=True)

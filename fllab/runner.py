@@ -41,11 +41,12 @@ import yaml
 
 from . import __version__, tracking
 from .errors import ConfigError, FllabError
-from .io import append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_text, atomic_write_yaml
+from .io import append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_jsonl, atomic_write_text, atomic_write_yaml
 from .limits import allocation_error, check_memory, check_work
 from .rundir import (
-    ARTEFACTS, ATTACKS, BASELINE_DIR, CELLS_DIR, CELLS_FILE, CONFIG, ENV, MARKER, PARTITION, RESULTS, ROUNDS, SUMMARY,
-    SWEEP_BASELINES, SWEEP_FILE, check_out, os_error_line, read_summary, writing_run, writing_sweep,
+    ARTEFACTS, ATTACKS, BASELINE_DIR, CELLS_DIR, CELLS_FILE, CHECKPOINT, CONFIG, ENV, MARKER, PARTIAL_SUFFIX, PARTITION,
+    RESULTS, ROUNDS, SUMMARY, SWEEP_BASELINES, SWEEP_FILE, check_out, check_resumable, drop_checkpoint, latest_partial,
+    os_error_line, partial_of, read_summary, writing_run, writing_sweep,
 )
 from .scenario.build import Setup, resolve
 from .scenario.loader import expand_sweep, validate_schema
@@ -135,7 +136,7 @@ def baseline_key(resolved: dict[str, Any]) -> str:
     honest federation trains).  Equal keys, same training."""
     twin = copy.deepcopy(resolved)
     twin["attacks"] = []
-    for key in ("name", "description"):
+    for key in ("name", "description", "checkpoint"):
         twin.pop(key, None)
     twin["evaluation"].pop("baseline", None)
     blob = json.dumps(twin, sort_keys=True, default=str)
@@ -150,13 +151,15 @@ def baseline_setup(setup: Setup) -> Setup:
     return resolve(validate_schema(data))
 
 
-def cached_run(setup: Setup, run_dir: Path, *, quiet: bool) -> dict[str, Any]:
+def cached_run(setup: Setup, run_dir: Path, *, quiet: bool, resume: bool = False) -> dict[str, Any]:
     """The summary of ``run_dir`` when it holds a finished run of exactly ``setup``'s config;
-    otherwise run ``setup`` there (atomically) and return its summary."""
+    otherwise run ``setup`` there (atomically; with ``resume``, from its checkpoint when an
+    interrupted run left one) and return its summary."""
     summary, config = read_summary(run_dir), run_dir / CONFIG
     if summary is not None and config.is_file() and yaml.safe_load(config.read_text()) == setup.resolved:
         return summary
-    return execute(setup, run_dir, quiet=quiet, overwrite=True, report=False)
+    resume = resume and not run_dir.exists() and partial_of(run_dir).is_dir()
+    return execute(setup, run_dir, quiet=quiet, overwrite=not resume, report=False, resume=resume)
 
 
 def baseline_metrics(accuracy: float, twin: dict[str, Any]) -> dict[str, float]:
@@ -203,10 +206,13 @@ def diverged(result: Any) -> bool:
 
 def execute(
     setup: Setup, out: Path, *, quiet: bool = True, overwrite: bool = False, report: bool = True,
-    baseline: BaselineProvider | None = None, protect: Sequence[str | os.PathLike] = (),
+    baseline: BaselineProvider | None = None, protect: Sequence[str | os.PathLike] = (), resume: bool = False,
 ) -> dict[str, Any]:
     """Run a resolved scenario and write its run directory (:func:`fllab.rundir.writing_run`);
     return the summary.
+
+    ``resume``: continue the interrupted run in ``<out>.partial`` from its last checkpoint
+    (:mod:`fllab.checkpoint`; from round 0 when it has none), its no-attack twin likewise.
 
     When the scenario asks for a baseline (:func:`needs_baseline`), the twin comes from
     ``baseline`` (a sweep's provider) or is trained into ``<out>/baseline/``; its time is not
@@ -214,14 +220,18 @@ def execute(
     while writing (disk full) is one line naming the path and the unfinished directory."""
     sc = setup.scenario
     twin_setup = baseline_setup(setup) if needs_baseline(setup) and baseline is None else None
+    if resume:
+        out = check_resumable(out)
     check_out(out, overwrite=overwrite, protect=protect)  # before the data loads
+    keep = (BASELINE_DIR, BASELINE_DIR + PARTIAL_SUFFIX, CHECKPOINT) if resume else (BASELINE_DIR,)
     with torch_threads(sc.threads):
         device = pick_device(sc.device)
         t0 = time.perf_counter()
         engine = preflight(setup)  # config errors surface before anything is written
-        with writing_run(out, overwrite=overwrite, protect=protect, keep=(BASELINE_DIR,)) as partial:
+        with writing_run(out, overwrite=overwrite, protect=protect, keep=keep) as partial:
             try:
-                summary = _train(setup, engine, partial, device, t0, quiet=quiet, report=report, baseline=baseline, twin_setup=twin_setup)
+                summary = _train(setup, engine, partial, device, t0, quiet=quiet, report=report, baseline=baseline,
+                                 twin_setup=twin_setup, resume=resume)
             except OSError as err:
                 raise FllabError(f"{os_error_line(err)} (the unfinished run is left in {partial})") from None
     if summary["status"] == "diverged":
@@ -231,15 +241,20 @@ def execute(
 
 def _train(
     setup: Setup, engine: Engine, partial: Path, device: str, t0: float, *, quiet: bool, report: bool,
-    baseline: BaselineProvider | None, twin_setup: Setup | None,
+    baseline: BaselineProvider | None, twin_setup: Setup | None, resume: bool = False,
 ) -> dict[str, Any]:
     """Train ``setup`` into the claimed ``partial`` directory; return the summary."""
+    from . import checkpoint
+
     sc = setup.scenario
+    snap = checkpoint.load(partial, setup) if resume else None  # a checkpoint of another config is refused first
+    if snap is not None:
+        checkpoint.restore(engine, snap, partial)
     twin: tuple[dict[str, Any], str] | None = None
     if needs_baseline(setup):
         started = time.perf_counter()
         if twin_setup is not None:
-            twin = cached_run(twin_setup, partial / BASELINE_DIR, quiet=quiet), BASELINE_DIR
+            twin = cached_run(twin_setup, partial / BASELINE_DIR, quiet=quiet, resume=resume), BASELINE_DIR
         else:
             assert baseline is not None
             twin = baseline(setup)
@@ -249,6 +264,10 @@ def _train(
     atomic_write_json(partial / ENV, env_info(setup, device))
     bar = Progress(sc.federation.rounds, sc.name, quiet)
     rounds_path = partial / ROUNDS
+    if snap is not None:  # the records up to the checkpoint; later ones are trained again
+        atomic_write_jsonl(rounds_path, snap.rounds)
+    if sc.checkpoint.every:
+        engine.save = lambda s: checkpoint.save(partial, setup, s)
     if tracker:
         tracker.on_start(partial, setup.resolved)
 
@@ -264,6 +283,7 @@ def _train(
         result = engine.run()
     finally:
         bar.close()
+    drop_checkpoint(partial)
     metrics = {**result.metrics, "run.seconds": time.perf_counter() - t0}
     if twin is not None:
         metrics.update(baseline_metrics(result.metrics["utility.accuracy"], twin[0]))
@@ -291,14 +311,17 @@ def _train(
 
 def run_scenario(
     data: dict[str, Any], out: Path | None = None, *, quiet: bool = True, overwrite: bool = False,
-    protect: Sequence[str | os.PathLike] = (),
+    protect: Sequence[str | os.PathLike] = (), resume: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
     """Validate a scenario mapping (no sweep), run it, return (run dir, summary).  ``protect``:
-    paths ``--overwrite`` must never remove (the scenario file)."""
+    paths ``--overwrite`` must never remove (the scenario file).  ``resume``: continue the
+    interrupted run at ``out`` (default: the newest ``runs/NAME-*`` one) from its checkpoint."""
     scenario = validate_schema(data)
     setup = resolve(scenario)
-    out = Path(out) if out is not None else default_out(scenario.name)
-    return out, execute(setup, out, quiet=quiet, overwrite=overwrite, protect=protect)
+    if out is None:
+        out = latest_partial(default_out(scenario.name).parent, scenario.name) if resume else default_out(scenario.name)
+    out = Path(out)
+    return out, execute(setup, out, quiet=quiet, overwrite=overwrite, protect=protect, resume=resume)
 
 
 # ----------------------------------------------------------------------------------- sweeps

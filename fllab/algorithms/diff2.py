@@ -61,6 +61,7 @@ from ..defenses.dp_train import check_dp_model
 from ..models.flat import param_shapes, unflatten
 from ..privacy import PrivacyLedger, noise_for_target_epsilon
 from ..registry import ALGORITHMS, Params
+from ..state import AttrState
 from ..types import ClientResult, ClientTask, ModelHandle, PublicHyperParams, TensorData, UpdateKind
 
 Adjacency = Literal["add_remove", "replace_one"]
@@ -193,7 +194,7 @@ class Diff2Params(DPGDParams):
 
 # ------------------------------------------------------------------------------------ algorithm
 @ALGORITHMS.register("diff2")
-class Diff2:
+class Diff2(AttrState):
     """DIFF2 with the GD routine (Murata & Suzuki 2023): noisy clipped full gradients every T
     rounds, noisy clipped per-record gradient differences (clip radius proportional to the step
     length) in between, a server-side running estimate v_r, and Renyi-DP accounting per client."""
@@ -206,6 +207,7 @@ class Diff2:
     Params = Diff2Params
     sends = UpdateKind.GRADIENT_DIFFERENCE
     needs_every_client = True  # v_r sums every client's differences; a client needs x_{r-2}
+    state_attrs = ("_estimate", "_server_round")  # the server's running estimate, for --resume
 
     def __init__(self, params: DPGDParams):
         self.params = params

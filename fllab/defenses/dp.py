@@ -58,6 +58,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..registry import DEFENSES, Params
+from ..state import AttrState
 from ..seeding import torch_gen
 from ..training.local import TrainReport, sgd_train
 from ..types import ClientResult, ClientTask, FitFn, ModelHandle, TensorData
@@ -187,7 +188,7 @@ class _DPSGDFit:
 
 
 @DEFENSES.register("dp_sgd")
-class DPSGD:
+class DPSGD(AttrState):
     """Record-level DP-SGD in every client through Opacus, one accountant per client across rounds
     (see the module docstring).  Needs a model without batch norm."""
 
@@ -201,6 +202,7 @@ class DPSGD:
     )
     Params = DPSGDParams
     needs = frozenset({"delta"})  # algorithms that train locally through the client trainer
+    state_attrs = ("_client_eps",)  # each client's epsilon so far (their histories are client states)
 
     def __init__(self, params: DPSGDParams):
         self.params = params
@@ -317,6 +319,18 @@ class DPFedAvg:
         self._planned_noise: float | None = None
         self._sizes: list[int] | None = None
         self._ledger = PrivacyLedger(params.accountant)
+        self._noisy_mean: _NoisyMean | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The accountant's history and how many noisy means were drawn (the noise seed's counter)."""
+        return {"ledger": self._ledger.history, "noised": self._noisy_mean.round if self._noisy_mean else 0}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._ledger = PrivacyLedger(self.params.accountant)
+        for segment in state["ledger"]:
+            self._ledger.step(*segment)
+        if self._noisy_mean is not None:
+            self._noisy_mean.round = int(state["noised"])
 
     def plan(self, *, rounds: int, num_clients: int, clients_per_round: int, model: ModelHandle) -> None:
         """Calibrate z to ``target_epsilon`` for this federation; record the layer sizes for per-layer clipping."""
@@ -348,7 +362,8 @@ class DPFedAvg:
         if getattr(aggregator, "registry_name", None) != "mean":
             name = getattr(aggregator, "registry_name", None) or getattr(aggregator, "__qualname__", type(aggregator).__name__)
             raise ConfigError(f"dp_fedavg's guarantee holds for the mean aggregator; got {name}", "aggregator")
-        return _NoisyMean(aggregator, self)
+        self._noisy_mean = _NoisyMean(aggregator, self)
+        return self._noisy_mean
 
     def account(self, round: int, sampled_ids: Sequence[int], results: Sequence[ClientResult], num_clients: int) -> Mapping[str, float]:
         """User-level epsilon after this round: one sampled-Gaussian step per round (a run starts at round 0)."""

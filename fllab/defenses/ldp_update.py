@@ -27,6 +27,7 @@ from pydantic import Field, PositiveFloat, PositiveInt
 
 from ..privacy.ldp.numeric import perturb_vectors
 from ..registry import DEFENSES, Params
+from ..state import AttrState
 from ..types import ClientResult
 
 
@@ -40,7 +41,7 @@ class LDPUpdateParams(Params):
 
 
 @DEFENSES.register("ldp_update")
-class LDPUpdate:
+class LDPUpdate(AttrState):
     """Clip coordinates to [-c, c], perturb with an epsilon-LDP numeric mechanism (sampled
     coordinates, unbiased rescale); composed epsilon reported per round (module docstring)."""
 
@@ -52,6 +53,7 @@ class LDPUpdate:
     )
     Params = LDPUpdateParams
     needs = frozenset({"gradient", "delta"})
+    state_attrs = ("_reports",)  # per-client participation, for the accountant
 
     def __init__(self, params: LDPUpdateParams):
         self.params = params

@@ -24,6 +24,7 @@ from pydantic import Field, PositiveFloat, PositiveInt
 
 from ..privacy import rqm_epsilon, rqm_quantize
 from ..registry import DEFENSES, Params
+from ..state import AttrState
 from ..types import ClientResult
 
 
@@ -36,7 +37,7 @@ class RQMParams(Params):
 
 
 @DEFENSES.register("rqm")
-class RQM:
+class RQM(AttrState):
     """Clip every coordinate to [-c, c] and quantize it with RQM; epsilon from the exact RDP
     composed over coordinates and rounds (see the module docstring)."""
 
@@ -48,6 +49,7 @@ class RQM:
     )
     Params = RQMParams
     needs = frozenset({"gradient", "delta"})
+    state_attrs = ("_rounds",)  # per-client participation, for the accountant
 
     def __init__(self, params: RQMParams):
         self.params = params

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import CapabilityError, ConfigError
+from ..hooks import has_hook
 from ..registry import AGGREGATORS, ALGORITHMS, ATTACKS, DATASETS, DEFENSES, EXECUTORS, MODELS, PARTITIONS, Registry
+from ..types import ModelHandle
 from .schema import Component, Scenario
 
 
@@ -58,8 +60,6 @@ def malicious_count(fraction: float, num_clients: int) -> int:
 
 
 def check_capabilities(setup: Setup) -> None:
-    from ..hooks import has_hook
-
     fed = setup.scenario.federation
     if has_hook(setup.algorithm, "aggregate") and setup.aggregator.registry_name != "mean":
         raise CapabilityError(
@@ -133,8 +133,6 @@ def plan_defenses(setup: Setup, model: Any) -> None:
     (``plan(rounds=, num_clients=, clients_per_round=, model=)``, e.g. DP-SGD's noise for a target
     epsilon, DIFF2's noise multipliers) do so; a refusal is a ConfigError naming the component.
     ``model`` is a :class:`~fllab.types.ModelHandle`."""
-    from ..hooks import has_hook
-
     fed = setup.scenario.federation
     planners = [(setup.algorithm, "algorithm")] + [(d, f"defenses.{i}") for i, d in enumerate(setup.defenses)]
     for component, path in planners:
@@ -160,9 +158,6 @@ class ModelBuilder:
 def model_handle(setup: Setup, input_shape: tuple[int, ...], num_classes: int) -> Any:
     """The public model handle (:class:`~fllab.types.ModelHandle`) for this data shape; an
     algorithm bundle may change the network (``wrap_model``: FRL, HyperFL, LoRA)."""
-    from ..hooks import has_hook
-    from ..types import ModelHandle
-
     build: Any = ModelBuilder(setup.model, tuple(input_shape), num_classes)
     if has_hook(setup.algorithm, "wrap_model"):
         build = setup.algorithm.wrap_model(build)

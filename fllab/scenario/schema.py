@@ -78,6 +78,12 @@ class EvaluationCfg(Strict):
     )
 
 
+class CheckpointCfg(Strict):
+    every: PositiveInt | None = Field(
+        None, description="save a checkpoint every k rounds into the unfinished run directory; `fllab run --resume` continues from it"
+    )
+
+
 class SweepCfg(Strict):
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="dotted path -> values; cartesian product")
     cases: dict[str, dict[str, dict[str, Any]]] = Field(
@@ -114,6 +120,7 @@ class Scenario(Strict):
     attacks: list[Component] = Field(default_factory=list)
     evaluation: EvaluationCfg = Field(default_factory=EvaluationCfg)
     executor: Component = Field(default_factory=lambda: Component(name="serial"))
+    checkpoint: CheckpointCfg = Field(default_factory=CheckpointCfg)
     sweep: SweepCfg | None = None
     tracking: TrackingCfg | None = Field(None, description="log params, per-round metrics and the report to MLflow / TensorBoard")
 

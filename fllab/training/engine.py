@@ -3,11 +3,21 @@ clients trained by the scenario's executor.  The engine returns data (:class:`En
 writing it is the runner's job."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..scenario.build import Setup
 from .server import EngineResult, Server
 from .wiring import Federation, wire
+
+
+@dataclass
+class Snapshot:
+    """A run after ``round`` rounds: their records and the server's state (:meth:`Server.state_dict`)."""
+
+    round: int
+    rounds: list[dict[str, Any]]
+    state: dict[str, Any]
 
 
 class Engine:
@@ -20,10 +30,14 @@ class Engine:
         *,
         on_round: Callable[[dict[str, Any]], None] | None = None,
         progress: Callable[[int], None] | None = None,
+        save: Callable[[Snapshot], None] | None = None,
     ):
+        """``save``: called with a snapshot every ``checkpoint.every`` rounds (not after the last)."""
         self.setup = setup
         self.on_round = on_round
         self.progress = progress
+        self.save = save
+        self.start: Snapshot | None = None
         self.federation: Federation | None = None
         self.server: Server | None = None
 
@@ -31,20 +45,34 @@ class Engine:
         self.federation = wire(self.setup)
         self.server = Server(self.federation)
 
+    def resume(self, snap: Snapshot) -> None:
+        """Continue from ``snap`` instead of round 0: its state goes into the (wired) server now."""
+        if self.server is None:
+            self.prepare()
+        self.server.load_state_dict(snap.state)
+        self.start = snap
+
     def run(self) -> EngineResult:
         if self.server is None:
             self.prepare()
         fed, server, executor = self.federation, self.server, self.setup.executor
         rounds: list[dict[str, Any]] = []
+        start, total, every = 0, self.setup.scenario.federation.rounds, self.setup.scenario.checkpoint.every
+        if self.start is not None:
+            start, rounds = self.start.round, list(self.start.rounds)
+            if self.progress:
+                self.progress(start)
         executor.start(fed.fit, fed.client_data)
         try:
-            for rnd in range(self.setup.scenario.federation.rounds):
+            for rnd in range(start, total):
                 record = server.round(rnd, executor.map)
                 rounds.append(record)
                 if self.on_round:
                     self.on_round(record)
                 if self.progress:
                     self.progress(1)
+                if self.save and every and (rnd + 1) % every == 0 and rnd + 1 < total:
+                    self.save(Snapshot(rnd + 1, list(rounds), server.state_dict()))
         finally:
             executor.close()
         return server.result(rounds)

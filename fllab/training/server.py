@@ -9,7 +9,7 @@ evaluate, and returns the round's record.  A loop that trains clients elsewhere 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -51,6 +51,19 @@ class DetectionTally:
         if self.malicious:
             out["poisoning.detection_recall"] = self.true_pos / self.malicious
         return out
+
+
+def _to(obj: Any, device: str) -> Any:
+    """``obj`` with every tensor moved to ``device`` (checkpoints load on the CPU)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
+        return type(obj)(_to(v, device) for v in obj)
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return replace(obj, **{f.name: _to(getattr(obj, f.name), device) for f in fields(obj) if f.init})
+    return obj
 
 
 @dataclass
@@ -153,6 +166,40 @@ class Server:
             record["test_accuracy"] = self.last_eval["accuracy"]
             record["test_loss"] = self.last_eval["loss"]
         return record
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def stateful(self) -> list[tuple[str, Any]]:
+        """The components with round-to-round state, by scenario path: the registered ones that
+        implement ``state_dict`` (algorithm, aggregator, defenses, attacks) and every driver."""
+        setup = self.setup
+        named = [("algorithm", setup.algorithm), ("aggregator", setup.aggregator),
+                 *((f"defenses.{i}", d) for i, d in enumerate(setup.defenses)),
+                 *((f"attacks.{i}", a) for i, a in enumerate(setup.attacks))]
+        return [(k, c) for k, c in named if has_hook(c, "state_dict")] + [(f"drivers.{i}", d) for i, d in enumerate(self.fed.drivers)]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a later round depends on (:mod:`fllab.state` data): the global weights, the
+        clients' private states, the privacy figures, the detection tally, the last evaluation and
+        each stateful component's own state.  RNG state needs no saving: every draw derives its
+        seed from (purpose, round)."""
+        return {
+            "global_params": self.global_params, "client_states": dict(self.client_states), "privacy": dict(self.privacy),
+            "detection": (self.detection.true_pos, self.detection.flagged, self.detection.malicious),
+            "last_eval": dict(self.last_eval), "components": {key: comp.state_dict() for key, comp in self.stateful()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output into a freshly wired server."""
+        device = self.fed.device
+        self.global_params = state["global_params"].to(device)
+        self.client_states = {int(k): _to(v, device) for k, v in state["client_states"].items()}
+        self.privacy, self.last_eval = dict(state["privacy"]), dict(state["last_eval"])
+        self.detection = DetectionTally(*state["detection"])
+        components = state["components"]
+        for key, comp in self.stateful():
+            if key not in components:
+                raise KeyError(f"the checkpoint has no state for {key}")
+            comp.load_state_dict(_to(components[key], device))
 
     # ------------------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, float]:

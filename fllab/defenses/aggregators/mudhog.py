@@ -36,6 +36,7 @@ import torch
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
 
 from ...registry import AGGREGATORS, Params
+from ...state import AttrState
 from . import kernels
 from .base import ClientIds, Rule, drop_nonfinite
 
@@ -53,7 +54,7 @@ class MudHogParams(Params):
 
 
 @AGGREGATORS.register("mudhog")
-class MudHog(Rule):
+class MudHog(AttrState, Rule):
     """History-based detector (MUD-HoG style): excludes sign-flipping and additive-noise clients
     found from per-client gradient histories, reports unreliable clients, and averages
     the rest.  Exposes ``last_flagged`` (excluded ids; None during the warm-up),
@@ -66,6 +67,10 @@ class MudHog(Rule):
     )
     Params = MudHogParams
     last_flagged: tuple[int, ...] | None = None  # the detector hook (fllab.hooks.Detector)
+    state_attrs = (
+        "rounds", "slot", "short_sum", "ring", "seen", "streak", "kind", "unreliable_count", "unreliable",
+        "last_flagged", "last_unreliable", "last_report",
+    )
 
     def __init__(self, params: MudHogParams):
         super().__init__(params)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from pydantic import Field, NonNegativeInt, PositiveInt, field_validator
 
+from ...hooks import has_hook
 from ...registry import AGGREGATORS, Params
 from ...seeding import torch_gen
 from . import kernels
@@ -47,6 +48,14 @@ class PreAggregator(Rule):
         super().__init__(params)
         self.inner = AGGREGATORS.build(params.then, path="then")
         self.scratch: torch.Tensor | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The inner aggregator's round-to-round state (e.g. a detector's history)."""
+        return {"inner": self.inner.state_dict() if has_hook(self.inner, "state_dict") else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if has_hook(self.inner, "load_state_dict"):
+            self.inner.load_state_dict(state["inner"])
 
     def buffer(self, rows: int, like: torch.Tensor) -> torch.Tensor:
         """The reused (rows, d) scratch buffer, reallocated when the shape, dtype or device changes."""
@@ -126,6 +135,13 @@ class Bucketing(PreAggregator):
     def __init__(self, params: BucketingParams):
         super().__init__(params)
         self.calls = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "calls": self.calls}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.calls = int(state["calls"])
 
     def check(self, n):
         super().check(n)

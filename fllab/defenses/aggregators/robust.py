@@ -12,6 +12,7 @@ import torch
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 from ...registry import AGGREGATORS, NoParams, Params
+from ...state import AttrState
 from . import kernels
 from .base import Rule, require_f
 
@@ -154,7 +155,7 @@ class CenteredClippingParams(Params):
 
 
 @AGGREGATORS.register("centered_clipping")
-class CenteredClipping(Rule):
+class CenteredClipping(AttrState, Rule):
     """Clip each update's difference to the center at radius tau and move the center by the
     mean clipped difference, ``iterations`` times.  The center is the previous round's aggregate
     (server-side momentum, zero in the first round), so the rule keeps state between calls."""
@@ -163,6 +164,7 @@ class CenteredClipping(Rule):
     references = ("Karimireddy, He and Jaggi, Learning from History for Byzantine Robust Optimization, ICML 2021",)
     checks_finite = True
     Params = CenteredClippingParams
+    state_attrs = ("center",)
 
     def __init__(self, params: CenteredClippingParams):
         super().__init__(params)

@@ -112,6 +112,22 @@ class Driver(Protocol):
 
     def finish(self, final: FinalState) -> AttackOutcome | None: ...
 
+    def state_dict(self) -> dict[str, Any]:
+        """What the driver gathered so far (plain data, :mod:`fllab.state`), for checkpoints."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class Stateless:
+    """Drivers that gather nothing from round to round (everything is decided at wiring)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
 
 #: delta of the audited bounds when no accounting defense reports one (an undefended run).
 DEFAULT_AUDIT_DELTA = 1e-5

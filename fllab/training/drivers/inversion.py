@@ -55,6 +55,15 @@ class InversionDriver:
     def finish(self, final: FinalState) -> AttackOutcome | None:
         return self.outcome
 
+    def state_dict(self) -> dict[str, Any]:
+        """The scored outcome once the attacked round has passed (None before)."""
+        o = self.outcome
+        return {"outcome": None if o is None else {"family": o.family, "metrics": o.metrics, "table": o.table, "files": o.files}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        o = state["outcome"]
+        self.outcome = None if o is None else AttackOutcome(o["family"], dict(o["metrics"]), list(o["table"]), dict(o["files"]))
+
 
 def random_guess_psnr(x: torch.Tensor, seed: int) -> float:
     """Mean PSNR of uniform-noise guesses against the targets: the no-information baseline a

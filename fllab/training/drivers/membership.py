@@ -10,7 +10,7 @@ from ...errors import ConfigError
 from ...hooks import has_hook
 from ...seeding import derive_seed, numpy_gen, torch_gen
 from ...types import ModelObservation, TensorData, UpdateObservation
-from .base import AttackOutcome, DriverContext, FinalState, RoundView, Truth, audit_delta
+from .base import AttackOutcome, DriverContext, FinalState, RoundView, Stateless, Truth, audit_delta
 
 
 class MembershipDriver:
@@ -62,6 +62,17 @@ class MembershipDriver:
                         self.ctx.observe(view.round, cid, view.global_params, upload.update, upload.num_examples)
                     )
 
+    def state_dict(self) -> dict[str, Any]:
+        """The target clients' uploads observed so far (what the server kept)."""
+        return {"observations": {
+            cid: [(o.round, o.global_params, o.update, o.hyper.num_examples) for o in obs] for cid, obs in self.observations.items()
+        }}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.observations = {
+            cid: [self.ctx.observe(rnd, cid, g, u, n) for rnd, g, u, n in obs] for cid, obs in state["observations"].items()
+        }
+
     def _scores(self, final: FinalState) -> tuple[torch.Tensor, torch.Tensor]:
         p, truth = self.attack.params, self.truth
         seed = derive_seed(self.ctx.root, "attack", self.attack.registry_name)
@@ -100,7 +111,7 @@ class MembershipDriver:
         return AttackOutcome("membership", metrics, table, files)
 
 
-class CanaryAuditDriver:
+class CanaryAuditDriver(Stateless):
     """The one-run canary audit (Steinke, Nasr & Jagielski 2023; :mod:`fllab.attacks.membership.canary`).
 
     Planting happens when the driver is built (after partitioning and data poisoning, before

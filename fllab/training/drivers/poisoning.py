@@ -9,10 +9,10 @@ import torch
 from ...hooks import has_hook
 from ...seeding import derive_seed, torch_gen
 from ...types import Aggregator, PoisonObservation
-from .base import AttackOutcome, DriverContext, FinalState, RoundView, Truth
+from .base import AttackOutcome, DriverContext, FinalState, RoundView, Stateless, Truth
 
 
-class PoisoningDriver:
+class PoisoningDriver(Stateless):
     """Puts one poisoning attack to work through its malicious ``clients`` (drawn by the wiring).
 
     When built, ``poison_data`` (if the attack has it) edits each of its clients' data once, in
