@@ -258,6 +258,11 @@ class Engine:
                     "train_loss": float(np.mean([r.metrics.get("train_loss", float("nan")) for r in results])),
                     "clients": sampled,
                 }
+                for key in sorted({k for r in results for k in r.metrics} - {"train_loss"}):  # e.g. run.upload_bytes
+                    record[key] = float(np.mean([r.metrics[key] for r in results if key in r.metrics]))
+                round_metrics = getattr(setup.algorithm, "round_metrics", None)  # e.g. lora.aggregation_error
+                if round_metrics is not None:
+                    record.update(round_metrics(results))
                 for defense in setup.defenses:  # privacy spent so far, per accounting defense
                     account = getattr(defense, "account", None)
                     if account is not None:
@@ -282,6 +287,9 @@ class Engine:
         finally:
             executor.close()
         metrics = {"utility.accuracy": last_eval["accuracy"], "utility.loss": last_eval["loss"], **self.privacy, **detection.metrics()}
+        summary_metrics = getattr(setup.algorithm, "summary_metrics", None)  # run-level figures of a bundle
+        if summary_metrics is not None:
+            metrics.update(summary_metrics(rounds))
         attacks: dict[str, AttackOutcome] = {}
         for driver in self.drivers:
             outcome = driver.finish()
