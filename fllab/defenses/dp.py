@@ -133,6 +133,7 @@ class _Steps:
     """What the trainer ran during one client round (filled by the trainer, read by the fit wrapper)."""
 
     segments: list[tuple[float, float, int]] = field(default_factory=list)
+    clipped: list[int] = field(default_factory=lambda: [0, 0])  # [clipped per-sample gradients, samples]
 
 
 # The fit wrapper opens a recording context for the trainer it (indirectly) calls: the trainer
@@ -172,7 +173,7 @@ class _DPSGDTrainer:
         loss = dp_sgd_train(
             model, data, steps=steps, sample_rate=q, lr=lr, momentum=momentum, weight_decay=weight_decay, gen=gen,
             noise_multiplier=sigma, max_grad_norm=p.max_grad_norm, clipping=p.clipping,
-            grad_sample_mode=p.grad_sample_mode,
+            grad_sample_mode=p.grad_sample_mode, clip_count=recording.clipped,
         )
         recording.segments.append((sigma, q, steps))
         return loss
@@ -199,9 +200,12 @@ class _DPSGDFit:
         ledger = PrivacyLedger(self.defense.params.accountant)
         for segment in (*previous.history, *recording.segments):
             ledger.step(*segment)
+        clipped, samples = recording.clipped
+        metrics = {**result.metrics, **({"dp.clipped_fraction": clipped / samples} if samples else {})}
         return replace(
             result,
             state=DPSGDState(ledger.history, result.state),
+            metrics=metrics,
             extras={**result.extras, "dp_sgd.history": ledger.history},
         )
 
