@@ -49,11 +49,12 @@ class AdaptedModel:
 
     def build(self, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
         net = self.base.build(input_shape, num_classes)
-        if self.pretrained is not None:
+        meta = any(p.is_meta for p in net.parameters())  # a shape-only build (torch.device("meta")) loads nothing
+        if self.pretrained is not None and not meta:
             net.load_state_dict(pretrained_state(self.base, self.spec, tuple(input_shape), num_classes, self.pretrained))
-            if self.pretrained.freeze and self.lora is None:
-                for p in net.parameters():
-                    p.requires_grad_(False)
+        if self.pretrained is not None and self.pretrained.freeze and self.lora is None:
+            for p in net.parameters():
+                p.requires_grad_(False)
         if self.lora is not None:
             inject_lora(net, self.lora.targets, self.lora.rank, self.lora.alpha, f"{PATH}.lora")
         return net

@@ -117,7 +117,8 @@ def pretrained_state(base: Any, model_spec: dict[str, Any], input_shape: tuple[i
         return _MEMO[key]
     state = load_cached(key)
     if state is None:
-        state, info = pretrain(base, input_shape, num_classes, p)
+        with torch.device("cpu"):  # whatever default device the caller has set
+            state, info = pretrain(base, input_shape, num_classes, p)
         buf = io.BytesIO()
         torch.save(state, buf)
         raw = buf.getvalue()
