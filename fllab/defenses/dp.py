@@ -48,6 +48,7 @@ rounds, ``dp_fedavg``'s per-layer clipping the model's parameter sizes.
 """
 from __future__ import annotations
 
+import functools
 import math
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
@@ -91,12 +92,22 @@ def clip_segments(update: torch.Tensor, sizes: Sequence[int], bounds: Sequence[f
     return update * (b / torch.maximum(sq.sqrt(), b))[seg]
 
 
+@functools.lru_cache(maxsize=4096)  # sweep cells over the same federation ask for the same calibrations
 def _calibrate(target: float, delta: float, sample_rate: float, steps: int, accountant: str) -> float:
     """sigma for ``target`` epsilon; an unreachable budget is a ValueError naming the field."""
     try:
         return noise_for_target_epsilon(target, delta, sample_rate, steps, accountant).noise_multiplier
     except ConfigError as err:
         raise ValueError(str(err)) from None
+
+
+@functools.lru_cache(maxsize=65536)
+def history_epsilon(history: History, accountant: str, delta: float) -> float:
+    """Epsilon of a client's ``(sigma, q, steps)`` history (memoised: clients and sweep cells repeat histories)."""
+    ledger = PrivacyLedger(accountant)
+    for segment in history:
+        ledger.step(*segment)
+    return ledger.epsilon(delta)
 
 
 class _NoiseParams(Params):
@@ -231,7 +242,6 @@ class DPSGD:
         self.rounds: int | None = None
         self._sigma: dict[tuple[float, int], float] = {}  # (q, steps per round) -> calibrated sigma
         self._client_eps: dict[int, float] = {}
-        self._eps_of: dict[History, float] = {}
 
     # -- set-up ---------------------------------------------------------------------------------
     def plan(self, *, rounds: int, num_clients: int, clients_per_round: int, model: ModelHandle) -> None:
@@ -271,12 +281,7 @@ class DPSGD:
             self._client_eps.clear()
         for res in results:
             history = res.extras["dp_sgd.history"]
-            if history not in self._eps_of:
-                ledger = PrivacyLedger(self.params.accountant)
-                for segment in history:
-                    ledger.step(*segment)
-                self._eps_of[history] = ledger.epsilon(self.params.delta)
-            self._client_eps[res.client_id] = self._eps_of[history]
+            self._client_eps[res.client_id] = history_epsilon(history, self.params.accountant, self.params.delta)
         return {"privacy.epsilon": max(self._client_eps.values()), "privacy.delta": self.params.delta}
 
 
