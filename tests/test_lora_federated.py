@@ -104,6 +104,12 @@ def test_shared_A_bundles_aggregate_exactly(name):
     assert all(r["run.upload_bytes"] == upload for r in result.rounds)
 
 
+def test_robust_aggregator_on_ffa_lora_keeps_A_shared():
+    sc = scenario(algorithm={**LORA_TINY["algorithm"], "name": "ffa_lora"}, aggregator={"name": "median"})
+    _, result = run(sc)
+    assert result.metrics["lora.aggregation_error"] <= 1e-6
+
+
 def test_fedavg_lora_aggregation_error_is_positive_on_non_iid_data():
     engine, result = run(scenario())
     assert min(r["lora.aggregation_error"] for r in result.rounds) > 1e-4
