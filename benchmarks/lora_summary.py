@@ -2,9 +2,12 @@
 tables of docs/results.md's federated-LoRA section.
 
     python benchmarks/lora_summary.py SWEEP_DIR [--metrics utility.accuracy,privacy.epsilon ...]
+    python benchmarks/lora_summary.py SWEEP_DIR --paired setting ffa_lora/eps1 fedavg_lora/eps1 utility.accuracy
 
 Rows of ``results.csv`` with status ``ok`` are grouped by every ``param:`` column; the interval is
 Student's t: ``mean +- t_{0.975, n-1} * sd / sqrt(n)`` (sd with ddof 1; none for n = 1).
+``--paired PARAM A B METRIC`` prints the per-seed differences A - B of METRIC between the rows whose
+``param:PARAM`` is A and B (same seeds), their mean and 95% interval.
 """
 from __future__ import annotations
 
@@ -49,11 +52,26 @@ def summarise(sweep: Path, metrics: list[str]) -> str:
     return "\n".join(out)
 
 
+def paired(sweep: Path, param: str, a: str, b: str, metric: str) -> str:
+    rows = [r for r in csv.DictReader(open(sweep / "results.csv")) if r.get("status", "ok") == "ok"]
+    va = {r["seed"]: float(r[metric]) for r in rows if r[f"param:{param}"] == a}
+    vb = {r["seed"]: float(r[metric]) for r in rows if r[f"param:{param}"] == b}
+    diff = [va[s] - vb[s] for s in sorted(va) if s in vb]
+    mean, ci = mean_ci(diff)
+    return (f"{a} - {b}, {metric}: {mean:+.4f}" + ("" if ci is None else f" ± {ci:.4f}")
+            + f" (n={len(diff)}; per seed {', '.join(f'{d:+.3f}' for d in diff)})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sweeps", nargs="+", type=Path)
     ap.add_argument("--metrics", default=",".join(DEFAULT))
+    ap.add_argument("--paired", nargs=4, metavar=("PARAM", "A", "B", "METRIC"))
     args = ap.parse_args()
+    if args.paired:
+        for sweep in args.sweeps:
+            print(paired(sweep, *args.paired))
+        return
     for sweep in args.sweeps:
         print(f"### {sweep.name}\n\n{summarise(sweep, args.metrics.split(','))}\n")
 
