@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fllab.errors import ConfigError
-from fllab.lora.layers import LoRALayer, LoRALayout, aggregation_error, inject_lora
+from fllab.lora.layers import LoRALayout, aggregation_error, inject_lora
 from fllab.models.flat import flatten_params
 
 

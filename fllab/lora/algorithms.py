@@ -44,7 +44,6 @@ factors (:func:`fllab.lora.layers.aggregation_error`).
 """
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence

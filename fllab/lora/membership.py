@@ -38,7 +38,7 @@ from ..errors import ConfigError
 from ..registry import ATTACKS, Params
 from ..seeding import derive_seed
 from ..training.drivers import DRIVERS, MembershipDriver, RoundView, client_records
-from ..types import ModelObservation, TensorData
+from ..types import ModelObservation
 
 if TYPE_CHECKING:
     from ..training.engine import AttackOutcome, Engine
@@ -133,7 +133,7 @@ class LoRAMembershipDriver(MembershipDriver):
     def finish(self) -> "AttackOutcome":
         from ..metrics.membership import membership_metrics
         from ..report.rundir import scores_csv
-        from .. training.engine import AttackOutcome
+        from ..training.engine import AttackOutcome
 
         metrics: dict[str, float] = {}
         table: list[dict[str, Any]] = []

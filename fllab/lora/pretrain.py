@@ -21,6 +21,7 @@ import torch
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator
 
 from ..data.locate import cache_root
+from ..errors import ConfigError
 from ..registry import DATASETS, Params
 from ..seeding import derive_seed, torch_gen
 from ..training.local import evaluate, sgd_train, steps_for
@@ -63,8 +64,6 @@ def pretrain(base: Any, input_shape: tuple[int, ...], num_classes: int, p: Pretr
     seeded mini-batch SGD; return its state dict and its accuracy on those classes' test split."""
     data = keep_classes(DATASETS.build(p.dataset, f"{PATH}.dataset").load(), p.classes, f"{PATH}.classes")
     if data.num_classes != num_classes or tuple(data.input_shape) != tuple(input_shape):
-        from ..errors import ConfigError
-
         raise ConfigError(
             f"the public split has {data.num_classes} classes of shape {tuple(data.input_shape)}, the task "
             f"{num_classes} of shape {tuple(input_shape)}; give as many public classes as the task has",
