@@ -50,13 +50,14 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator, model_validator
+from pydantic import Field, NonNegativeInt, field_validator
 from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..models.flat import flatten_params, load_flat_
-from ..registry import ALGORITHMS, Params
+from ..registry import ALGORITHMS
 from ..seeding import torch_gen
+from ..training.algorithms import FedAvgParams
 from ..training.local import sgd_train, steps_for
 from ..types import ClientResult, ClientTask, PublicHyperParams, UpdateKind
 from .layers import LoRALayer, LoRALayout, aggregation_error
@@ -64,19 +65,8 @@ from .layers import LoRALayer, LoRALayout, aggregation_error
 BYTES_PER_ENTRY = 4  # float32
 
 
-class LoRATrainParams(Params):
-    local_epochs: PositiveFloat | None = Field(1.0, description="passes over the local data per round")
-    local_steps: PositiveInt | None = Field(None, description="optimizer steps per round; overrides local_epochs")
-    batch_size: PositiveInt = 32
-    lr: PositiveFloat = 0.05
-    momentum: float = Field(0.0, ge=0.0, lt=1.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-
-    @model_validator(mode="after")
-    def _one_budget(self) -> "LoRATrainParams":
-        if self.local_epochs is None and self.local_steps is None:
-            raise ValueError("set local_epochs or local_steps")
-        return self
+class LoRATrainParams(FedAvgParams):
+    """FedAvg's local recipe; ``server_lr`` scales the averaged factor deltas."""
 
 
 @contextmanager
@@ -166,7 +156,7 @@ class _LoRABundle:
 
     def server_step(self, global_params: Tensor, aggregate: Tensor) -> Tensor:
         self.rounds_done += 1
-        return global_params + aggregate
+        return global_params + self.params.server_lr * aggregate
 
     # ---------------------------------------------------------------------------- server's view
     def assemble(self, previous: Tensor | None, global_sent: Tensor, upload: Tensor, client_id: int, rnd: int) -> Tensor:
@@ -239,8 +229,7 @@ class FFALoRA(_LoRABundle):
 
     def server_step(self, global_params: Tensor, aggregate: Tensor) -> Tensor:
         keep_b = (self.layout or _need_layout()).mask("B", global_params.device)
-        self.rounds_done += 1
-        return global_params + torch.where(keep_b, aggregate, torch.zeros_like(aggregate))
+        return super().server_step(global_params, torch.where(keep_b, aggregate, torch.zeros_like(aggregate)))
 
 
 # --------------------------------------------------------------------------------- fedsvd_lora

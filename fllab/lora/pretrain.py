@@ -128,9 +128,3 @@ def pretrained_state(base: Any, model_spec: dict[str, Any], input_shape: tuple[i
         _atomic_write(cache_dir() / f"{key}.json", json.dumps(meta, indent=1, sort_keys=True).encode())
     _MEMO[key] = state
     return state
-
-
-def cache_info(model_spec: dict[str, Any], input_shape: tuple[int, ...], num_classes: int, p: PretrainParams) -> dict[str, Any]:
-    """The metadata of the cache entry (public accuracy, steps), or {} when there is none."""
-    meta = cache_dir() / f"{cache_key(model_spec, input_shape, num_classes, p)}.json"
-    return json.loads(meta.read_text()) if meta.exists() else {}
