@@ -94,12 +94,12 @@ def check_public_split(model: Any, dataset_spec: dict[str, Any]) -> None:
     pre = getattr(model, "pretrained", None)
     if pre is None:
         return
+    public = pre.dataset.get("name")  # the same source, whatever limits either side applies
     if dataset_spec.get("name") == "class_subset":
-        same_base = dict(dataset_spec.get("base") or {"name": "fashion_mnist"}) == dict(pre.dataset)
+        same_base = (dataset_spec.get("base") or {"name": "fashion_mnist"}).get("name") == public
         shared = sorted(set(dataset_spec.get("classes") or []) & set(pre.classes)) if same_base else []
     else:
-        same_base = dict(dataset_spec) == dict(pre.dataset)
-        shared = sorted(pre.classes) if same_base else []
+        shared = sorted(pre.classes) if dataset_spec.get("name") == public else []
     if shared:
         raise ConfigError(
             f"the clients would hold the pretraining classes {shared}; use class_subset with classes disjoint from "
