@@ -12,3 +12,4 @@ from .algorithms import frl  # noqa: F401
 from .attacks import rank  # noqa: F401
 from .algorithms import hyperfl  # noqa: F401
 from .algorithms import diff2  # noqa: F401
+from .lora import algorithms as lora_algorithms, data as lora_data, membership as lora_membership  # noqa: F401

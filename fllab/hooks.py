@@ -11,7 +11,8 @@ Kinds and their hooks (``*`` required):
 =============  ==================================================================================
 algorithm      ``sends``* ``public_hyper``* ``client_update``* ``server_step``* ``wrap_model``
                ``aggregate`` ``evaluate`` ``plan`` ``account`` (an algorithm that owns its privacy
-               accounting, e.g. DIFF2)
+               accounting, e.g. DIFF2) ``round_metrics`` ``summary_metrics`` (the bundle's own
+               figures per round / per run, e.g. LoRA's ``lora.aggregation_error``)
 aggregator     ``__call__``* ``check``* ``last_flagged`` (a detector)
 defense        ``transform`` ``wrap_fit`` ``wrap_trainer`` ``wrap_aggregator`` ``server_view``
                ``plan`` ``account`` (at least one)
@@ -68,6 +69,14 @@ class OwnAggregate(Protocol):
 
 class OwnEvaluate(Protocol):
     def evaluate(self, ctx: EvalContext) -> dict[str, float]: ...
+
+
+class RoundMetrics(Protocol):
+    def round_metrics(self, results: Sequence[ClientResult]) -> Mapping[str, float]: ...  # e.g. lora.aggregation_error
+
+
+class SummaryMetrics(Protocol):
+    def summary_metrics(self, rounds: Sequence[Mapping[str, Any]]) -> Mapping[str, float]: ...  # run-level figures
 
 
 # ----------------------------------------------------------------------------------- aggregator
@@ -207,7 +216,7 @@ FAMILY_HOOKS: dict[str, KindHooks] = {
 KIND_HOOKS: dict[str, KindHooks] = {
     "algorithm": KindHooks(
         required=(Sends, PublicHyper, ClientUpdate, ServerStep),
-        optional=(WrapModel, OwnAggregate, OwnEvaluate, Plan, Account),
+        optional=(WrapModel, OwnAggregate, OwnEvaluate, Plan, Account, RoundMetrics, SummaryMetrics),
     ),
     "aggregator": KindHooks(required=(Aggregate, Check), optional=(Detector,)),
     "defense": KindHooks(one_of=((Transform, WrapFit, WrapTrainer, WrapAggregator, ServerView, Plan, Account),)),

@@ -48,6 +48,7 @@ rounds, ``dp_fedavg``'s per-layer clipping the model's parameter sizes.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Mapping, Sequence
@@ -91,12 +92,22 @@ def clip_segments(update: torch.Tensor, sizes: Sequence[int], bounds: Sequence[f
     return update * (b / torch.maximum(sq.sqrt(), b))[seg]
 
 
+@functools.lru_cache(maxsize=4096)  # sweep cells over the same federation ask for the same calibrations
 def _calibrate(target: float, delta: float, sample_rate: float, steps: int, accountant: str) -> float:
     """sigma for ``target`` epsilon; an unreachable budget is a ValueError naming the field."""
     try:
         return noise_for_target_epsilon(target, delta, sample_rate, steps, accountant).noise_multiplier
     except ConfigError as err:
         raise ValueError(str(err)) from None
+
+
+@functools.lru_cache(maxsize=65536)
+def history_epsilon(history: History, accountant: str, delta: float) -> float:
+    """Epsilon of a client's ``(sigma, q, steps)`` history (memoised: clients and sweep cells repeat histories)."""
+    ledger = PrivacyLedger(accountant)
+    for segment in history:
+        ledger.step(*segment)
+    return ledger.epsilon(delta)
 
 
 class _NoiseParams(Params):
@@ -154,12 +165,13 @@ class _DPSGDTrainer:
         q = min(batch_size, n) / n
         sigma = self.defense.noise_multiplier_for(q, steps)
         p = self.defense.params
+        clipped = [0, 0]  # [clipped per-sample gradients, samples]
         loss = dp_sgd_train(
             model, data, steps=steps, sample_rate=q, lr=lr, momentum=momentum, weight_decay=weight_decay, gen=gen,
             noise_multiplier=sigma, max_grad_norm=p.max_grad_norm, clipping=p.clipping,
-            grad_sample_mode=p.grad_sample_mode,
+            grad_sample_mode=p.grad_sample_mode, clip_count=clipped,
         )
-        return TrainReport(loss, steps, ((sigma, q, steps),))
+        return TrainReport(loss, steps, ((sigma, q, steps),), clipped=(clipped[0], clipped[1]))
 
 
 class _DPSGDFit:
@@ -180,9 +192,12 @@ class _DPSGDFit:
         ledger = PrivacyLedger(self.defense.params.accountant)
         for segment in (*previous.history, *spent):
             ledger.step(*segment)
+        clipped, samples = result.training.clipped
+        metrics = {**result.metrics, **({"dp.clipped_fraction": clipped / samples} if samples else {})}
         return replace(
             result,
             state=DPSGDState(ledger.history, result.state),
+            metrics=metrics,
             extras={**result.extras, "dp_sgd.history": ledger.history},
         )
 
@@ -209,7 +224,6 @@ class DPSGD(AttrState):
         self.rounds: int | None = None
         self._sigma: dict[tuple[float, int], float] = {}  # (q, steps per round) -> calibrated sigma
         self._client_eps: dict[int, float] = {}
-        self._eps_of: dict[History, float] = {}
 
     # -- set-up ---------------------------------------------------------------------------------
     def plan(self, *, rounds: int, num_clients: int, clients_per_round: int, model: ModelHandle) -> None:
@@ -260,12 +274,7 @@ class DPSGD(AttrState):
             self._client_eps.clear()
         for res in results:
             history = res.extras["dp_sgd.history"]
-            if history not in self._eps_of:
-                ledger = PrivacyLedger(self.params.accountant)
-                for segment in history:
-                    ledger.step(*segment)
-                self._eps_of[history] = ledger.epsilon(self.params.delta)
-            self._client_eps[res.client_id] = self._eps_of[history]
+            self._client_eps[res.client_id] = history_epsilon(history, self.params.accountant, self.params.delta)
         return {"privacy.epsilon": max(self._client_eps.values()), "privacy.delta": self.params.delta}
 
 

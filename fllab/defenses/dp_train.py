@@ -84,6 +84,19 @@ def layer_bounds(model: nn.Module, max_grad_norm: float) -> list[float]:
     return [max_grad_norm / math.sqrt(count)] * count
 
 
+def clipped_samples(gsm: nn.Module, dp_opt: DPOptimizer, max_grad_norm: float, clipping: Clipping) -> int:
+    """How many per-sample gradients of the current batch the clipping will shrink: whole norm
+    above ``C`` (flat), or any tensor above its bound ``C / sqrt(L)`` (per-layer); with ghost
+    clipping the norms Opacus computed in the first backward pass."""
+    ghost = getattr(gsm, "per_sample_gradient_norms", None)
+    if ghost is not None:
+        return int((ghost > max_grad_norm).sum())
+    norms = torch.stack([p.grad_sample.reshape(len(p.grad_sample), -1).norm(2, dim=1) for p in dp_opt.params], dim=1)
+    if clipping == "per_layer":
+        return int((norms > max_grad_norm / math.sqrt(norms.shape[1])).any(dim=1).sum())
+    return int((norms.norm(2, dim=1) > max_grad_norm).sum())
+
+
 def dp_sgd_train(
     model: nn.Module,
     data: TensorData,
@@ -98,11 +111,15 @@ def dp_sgd_train(
     max_grad_norm: float,
     clipping: Clipping = "flat",
     grad_sample_mode: GradSampleMode = "hooks",
+    clip_count: list[int] | None = None,
 ) -> float:
     """Run ``steps`` DP-SGD steps on ``model`` in place (see the module docstring); return the
     mean training loss over the non-empty batches (NaN when every batch was empty).
 
     ``gen`` is a CPU generator: it draws the Poisson batches and seeds the noise generator.
+    ``clip_count``, when given as ``[clipped, samples]``, is incremented by the number of
+    per-sample gradients the clipping shrank and the number of samples
+    (:func:`clipped_samples`).
     """
     if grad_sample_mode == "ghost" and clipping != "flat":
         raise ValueError("ghost clipping supports flat clipping only (Opacus)")
@@ -140,6 +157,9 @@ def dp_sgd_train(
                 y = data.y[idx]
                 loss = criterion(out, y) if criterion is not None else F.cross_entropy(out, y)
                 loss.backward()
+                if clip_count is not None and idx.numel():
+                    clip_count[0] += clipped_samples(gsm, dp_opt, max_grad_norm, clipping)
+                    clip_count[1] += int(idx.numel())
                 dp_opt.step()
                 if idx.numel():
                     total += loss.detach()

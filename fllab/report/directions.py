@@ -32,6 +32,11 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "poisoning.detection_precision": True,
     "poisoning.detection_recall": True,
     "run.seconds": False,
+    "membership.*.auc": False,
+    "membership.*.tpr_*": False,
+    "lora.aggregation_error": False,
+    "run.upload_bytes": False,
+    "dp.clipped_fraction": False,
 }
 
 #: one-line meanings shown in the summary tables of a report.
@@ -58,6 +63,12 @@ DESCRIPTIONS: dict[str, str] = {
     "poisoning.detection_precision": "precision of the server's malicious-client detection",
     "poisoning.detection_recall": "recall of the server's malicious-client detection",
     "run.seconds": "wall-clock time of the run (s)",
+    "lora.aggregation_error": "largest per-round ||mean(B_k A_k) - mean(B_k) mean(A_k)||_F over the clients' LoRA factors",
+    "run.upload_bytes": "bytes a client uploads per round (mean)",
+    "dp.clipped_fraction": "fraction of per-sample gradients DP-SGD's clipping shrank (mean over client rounds)",
+    "membership.aggregate.auc": "LiRA/RMIA AUC against the aggregate LoRA adapters",
+    "membership.assembled.auc": "LiRA/RMIA AUC against the client model the server assembles from its uploads",
+    "membership.oracle.auc": "LiRA/RMIA AUC against the true client model (upper bound)",
 }
 
 #: audited epsilon lower bounds (metric -> how it was obtained), shown beside the accounted

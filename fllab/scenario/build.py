@@ -9,7 +9,8 @@ from typing import Any
 
 from ..errors import CapabilityError, ConfigError
 from ..hooks import has_hook
-from ..registry import AGGREGATORS, ALGORITHMS, ATTACKS, DATASETS, DEFENSES, EXECUTORS, MODELS, PARTITIONS, Registry
+from ..lora.model import build_model, check_public_split
+from ..registry import AGGREGATORS, ALGORITHMS, ATTACKS, DATASETS, DEFENSES, EXECUTORS, PARTITIONS, Registry
 from ..types import ModelHandle
 from .schema import Component, Scenario
 
@@ -38,7 +39,8 @@ def _build(registry: Registry, comp: Component, path: str) -> tuple[Any, dict[st
 def resolve(scenario: Scenario) -> Setup:
     resolved = scenario.model_dump(mode="json", exclude={"sweep", "tracking"})  # tracking changes no result
     dataset, resolved["task"]["dataset"] = _build(DATASETS, scenario.task.dataset, "task.dataset")
-    model, resolved["task"]["model"] = _build(MODELS, scenario.task.model, "task.model")
+    model, resolved["task"]["model"] = build_model(scenario.task.model.spec(), "task.model")
+    check_public_split(model, scenario.task.dataset.spec())
     partition, resolved["federation"]["partition"] = _build(PARTITIONS, scenario.federation.partition, "federation.partition")
     algorithm, resolved["algorithm"] = _build(ALGORITHMS, scenario.algorithm, "algorithm")
     aggregator, resolved["aggregator"] = _build(AGGREGATORS, scenario.aggregator, "aggregator")

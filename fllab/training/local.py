@@ -20,11 +20,13 @@ class TrainReport:
     """What one local training run did: its mean loss over the steps, how many optimizer steps it
     took, and the DP-SGD segments it spent (empty for non-private training).  A trainer returns
     it and the algorithm hands it on in :attr:`fllab.types.ClientResult.training`, so an
-    accounting defense reads what ran from the result (no side channel)."""
+    accounting defense reads what ran from the result (no side channel).  ``clipped`` is
+    DP-SGD's ``(clipped per-sample gradients, samples)`` count (``dp.clipped_fraction``)."""
 
     loss: float
     steps: int
     privacy: tuple[Segment, ...] = ()
+    clipped: tuple[int, int] = (0, 0)
 
 
 def batch_order(n: int, batch_size: int, steps: int, gen: torch.Generator) -> list[torch.Tensor]:

@@ -149,6 +149,10 @@ class Server:
             "train_loss": float(np.mean([r.metrics.get("train_loss", float("nan")) for r in results])),
             "clients": sampled,
         }
+        for key in sorted({k for r in results for k in r.metrics} - {"train_loss"}):  # e.g. run.upload_bytes
+            record[key] = float(np.mean([r.metrics[key] for r in results if key in r.metrics]))
+        if has_hook(setup.algorithm, "round_metrics"):  # e.g. lora.aggregation_error
+            record.update(setup.algorithm.round_metrics(results))
         num_clients = setup.scenario.federation.num_clients
         for component in (setup.algorithm, *setup.defenses):  # privacy spent so far (accounting algorithm or defense)
             if has_hook(component, "account"):
@@ -223,6 +227,8 @@ class Server:
         fed, setup = self.fed, self.setup
         metrics = {"utility.accuracy": self.last_eval["accuracy"], "utility.loss": self.last_eval["loss"], **self.privacy,
                    **self.detection.metrics()}
+        if has_hook(setup.algorithm, "summary_metrics"):  # run-level figures of a bundle
+            metrics.update(setup.algorithm.summary_metrics(rounds))
         final = FinalState(self.global_params, self.final_model(), dict(self.privacy))
         attacks: dict[str, AttackOutcome] = {}
         for driver in fed.drivers:
