@@ -323,3 +323,17 @@ def test_bad_input_one_line_exit_2(tmp_path, write_yaml, mutate, expected):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], res.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("algorithm", [
+    {"name": "fedsvd_lora", "local_epochs": 1, "batch_size": 16, "lr": 0.1, "svd_period": 2},
+    {"name": "fedrand", "local_epochs": 1, "batch_size": 16, "lr": 0.1, "rho": 0.5},
+], ids=["fedsvd_lora", "fedrand"])
+def test_lora_bundles_resume_to_the_same_metrics(monkeypatch, tmp_path, algorithm):
+    """The server's round counter (FedSVD's SVD period, FedRand's draws) is checkpointed and
+    FedRand's private halves are client states: an interrupted run resumes to the same metrics."""
+    from tests.test_resume import check_resume_matches
+
+    sc = scenario(algorithm=algorithm, federation__rounds=5, federation__clients_per_round=3)
+    sc["checkpoint"] = {"every": 2}
+    check_resume_matches(monkeypatch, tmp_path, sc, stop=3)

@@ -56,6 +56,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..models.flat import flatten_params, load_flat_
 from ..registry import ALGORITHMS
+from ..state import AttrState
 from ..seeding import torch_gen
 from ..algorithms.fedavg import FedAvgParams
 from ..training.local import TrainReport, sgd_train, steps_for
@@ -92,9 +93,11 @@ class ClientPlan:
     trains: frozenset[str]
 
 
-class _LoRABundle:
+class _LoRABundle(AttrState):
     """Shared client loop and diagnostics; subclasses choose what is trained and sent
     (:meth:`client_plan`) and what the server does after averaging (:meth:`server_step`)."""
+
+    state_attrs = ("rounds_done",)  # the server's round counter (FedSVD's period, FedRand's draws), for --resume
 
     Params = LoRATrainParams
     sends = UpdateKind.DELTA
