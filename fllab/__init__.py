@@ -3,7 +3,7 @@
 Public API::
 
     import fllab
-    scenario = fllab.load_scenario("scenarios/quickstart.yaml", overrides=["federation.rounds=5"])
+    scenario = fllab.load_scenario("scenarios/baselines/digits_fedavg.yaml", overrides=["federation.rounds=5"])
     run_dir, summary = fllab.run(scenario)
     fllab.ATTACKS.register("my_attack")(MyAttack)
 """
