@@ -204,3 +204,21 @@ def test_cli_run_on_a_scorecard_prints_the_table_and_report_path(tmp_path):
     assert "MIA AUC" in res.stdout and str(out / "report.html") in res.stdout
     res = CliRunner().invoke(main, ["report", str(out)], catch_exceptions=False)
     assert res.exit_code == 0 and "report.html" in res.stdout
+
+
+@pytest.mark.parametrize("name, settings, refused", [("quickstart.yaml", 4, 1), ("tradeoffs/defenses_vs_all.yaml", 11, 1)])
+def test_shipped_scorecards_resolve(name, settings, refused):
+    from fllab.scenario.loader import load_raw
+
+    root = Path(__file__).resolve().parents[1] / "scenarios"
+    sc = parse(load_raw(root / name))
+    cells = expand(sc)
+    assert len(sc.scorecard.defenses) == settings >= (10 if "tradeoffs" in name else 4)
+    assert sc.scorecard.families == ["inversion", "membership", "poisoning"]
+    na = {(values["family"], values["defense"]) for _, values, _, s in cells if isinstance(s, str)}
+    assert len(na) == refused and all(family == "inversion" and "dp_sgd" in label for family, label in na)
+
+
+def test_help_lists_the_scorecard_command():
+    res = CliRunner().invoke(main, ["--help"], catch_exceptions=False)
+    assert res.exit_code == 0 and "scorecard" in res.output
