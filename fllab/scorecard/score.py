@@ -5,7 +5,8 @@ runs of the same seed), then every figure is summarised over the seeds (mean, st
 95% CI, n; :mod:`.stats`).  Where a figure comes from:
 
 * ``utility.accuracy``: the final model of the utility family's training (a passive cell, whose
-  training is its no-attack twin's; with ``utility: poisoning``, the poisoning cell's twin).
+  training is its no-attack twin's; with ``utility: poisoning``, the poisoning cell's twin); where
+  that family does not apply to the setting, the next family's (membership, inversion, poisoning).
   ``utility.accuracy_drop``: the reference setting's accuracy (same seed) minus this one's.
 * ``inversion.*`` and ``membership.*``: the family's cell; beside them their no-information
   references: ``inversion.psnr_random_guess`` (uniform noise), and chance for membership
@@ -105,7 +106,10 @@ def _seed_records(sc: ScorecardFile, out: Path, cells: list[dict[str, Any]]) -> 
     for seeds in records.values():
         for rec in seeds.values():
             got = rec["metrics"]
-            order = [card.utility_family, *[f for f in ("membership", "inversion", "poisoning") if f != card.utility_family]]
+            # the utility family's training; another family's only where that one does not apply
+            order = [card.utility_family]
+            if card.utility_family in rec["na"]:
+                order += [f for f in ("membership", "inversion", "poisoning") if f != card.utility_family]
             got["utility.accuracy"] = next((got[f"accuracy.{f}"] for f in order if got.get(f"accuracy.{f}") is not None), None)
             for key in ("privacy.epsilon", "privacy.delta"):
                 src = ["membership", card.utility_family, *card.families]
