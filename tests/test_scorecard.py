@@ -222,3 +222,14 @@ def test_shipped_scorecards_resolve(name, settings, refused):
 def test_help_lists_the_scorecard_command():
     res = CliRunner().invoke(main, ["--help"], catch_exceptions=False)
     assert res.exit_code == 0 and "scorecard" in res.output
+
+
+def test_refusal_found_only_when_the_data_loads_is_na_too(tmp_path):
+    data = card()
+    data["scorecard"].update(seeds=[0], defenses=[{"label": "none"}, {"label": "crowd", "set": {"federation.num_clients": 5000}}])
+    del data["scorecard"]["inversion"], data["scorecard"]["poisoning"]
+    cells = expand(parse(data))
+    assert not any(isinstance(s, str) for *_, s in cells)  # the schema and components accept it ...
+    _, rows, _, _ = run_scorecard(data, tmp_path / "out")
+    crowd = next(r for r in rows if r.label == "crowd")
+    assert "num_clients" in crowd.na["membership"]  # ... the partition refuses it: n/a, not a crash
