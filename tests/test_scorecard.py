@@ -167,6 +167,13 @@ def test_another_scorecard_in_the_same_directory_is_refused(finished):
         run_scorecard(other, out)
 
 
+def test_a_foreign_directory_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="holds no scorecard"):
+        run_scorecard(card(), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
 @pytest.mark.parametrize(
     "mutate, expected",
     [

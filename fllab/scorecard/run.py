@@ -46,8 +46,13 @@ def default_dir(sc: ScorecardFile) -> Path:
 
 
 def open_dir(data: dict[str, Any], out: Path) -> None:
-    """Claim ``out`` for this scorecard (refusing another one's directory) before anything trains."""
+    """Claim ``out`` for this scorecard before anything trains: refuse another scorecard's directory
+    and any non-empty directory fllab did not write as a scorecard."""
     previous = out / DEFINITION
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file; give a directory", "--out")
+    if out.is_dir() and any(out.iterdir()) and not previous.exists():
+        raise ConfigError(f"{out} is not empty and holds no scorecard; choose another --out", "--out")
     if previous.exists() and yaml.safe_load(previous.read_text()) != data:
         raise ConfigError(f"{out} holds a different scorecard; choose another --out or delete it", "--out")
     out.mkdir(parents=True, exist_ok=True)
