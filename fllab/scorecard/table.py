@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 from ..report.tables import MISSING, fmt
 from .score import CHANCE, UNDEFENDED_DROP, Row
