@@ -13,7 +13,7 @@ import fllab.checkpoint as checkpoint
 
 
 def main() -> None:
-    base = yaml.safe_load(Path("scenarios/quickstart.yaml").read_text())
+    base = yaml.safe_load(Path("scenarios/baselines/digits_fedavg.yaml").read_text())
     base["threads"] = 1
     sizes: list[int] = []
     save = checkpoint.save

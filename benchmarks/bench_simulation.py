@@ -37,7 +37,7 @@ CONVNET = {
     "algorithm": {"name": "fedavg", "local_epochs": 1, "batch_size": 32, "lr": 0.05},
     "evaluation": {"every": 1000},
 }
-MLP = {**yaml.safe_load((ROOT / "scenarios" / "quickstart.yaml").read_text()), "evaluation": {"every": 1000}}
+MLP = {**yaml.safe_load((ROOT / "scenarios" / "baselines" / "digits_fedavg.yaml").read_text()), "evaluation": {"every": 1000}}
 SETTINGS = {"convnet": CONVNET, "mlp": MLP}
 
 

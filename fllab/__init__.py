@@ -3,7 +3,7 @@
 Public API::
 
     import fllab
-    scenario = fllab.load_scenario("scenarios/quickstart.yaml", overrides=["federation.rounds=5"])
+    scenario = fllab.load_scenario("scenarios/baselines/digits_fedavg.yaml", overrides=["federation.rounds=5"])
     run_dir, summary = fllab.run(scenario)
     sweep_dir = fllab.sweep("scenarios/membership/dp_sweep.yaml", overrides=["federation.rounds=2"])
     frame = fllab.load_results(sweep_dir)            # pandas, one row per cell

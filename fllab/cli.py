@@ -1,4 +1,4 @@
-"""The ``fllab`` command line: run, sweep, validate, list, describe, report.
+"""The ``fllab`` command line: run, sweep, scorecard, validate, list, describe, report.
 
 Exit codes (DESIGN.md): 0 ok, 1 runtime failure, 2 usage or config error (one line on stderr,
 no traceback), 130 interrupted.
@@ -80,6 +80,9 @@ def run(scenario: Path, overrides: tuple[str, ...], out: Path | None, overwrite:
     from .scenario.loader import load_raw
 
     data = with_tracking(load_raw(scenario, overrides), track)
+    if "scorecard" in data:
+        _run_scorecard(data, out, quiet=quiet, as_json=as_json)
+        return
     if has_sweep(data):
         _report_sweep(*run_sweep(data, out, quiet=quiet), as_json=as_json)
         return
@@ -132,6 +135,35 @@ def sweep(scenario: Path, overrides: tuple[str, ...], out: Path | None, jobs: in
     _report_sweep(*run_sweep(data, out, quiet=quiet, jobs=jobs), as_json=as_json)
 
 
+def _run_scorecard(data: dict[str, Any], out: Path | None, *, quiet: bool, as_json: bool) -> None:
+    from .scorecard import parse, run_scorecard, terminal_table
+
+    out_dir, rows, ran, total = run_scorecard(data, out, quiet=quiet)
+    if as_json:
+        click.echo(json.dumps({"scorecard_dir": str(out_dir), "cells_run": ran, "cells_total": total}))
+        return
+    card = parse(data).scorecard
+    click.echo(terminal_table(rows, card.reference_label, card.families))
+    click.echo(f"scorecard: ran {ran} of {total} runs ({total - ran} already done) -> {out_dir / 'report.html'}")
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@set_option
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="scorecard directory (default runs/NAME-scorecard)")
+@quiet_option
+@json_option
+@guarded
+def scorecard(file: Path, overrides: tuple[str, ...], out: Path | None, quiet: bool, as_json: bool) -> None:
+    """Score FILE's defense settings against its attacks; finished runs are skipped on a re-run."""
+    from .scenario.loader import load_raw
+
+    data = load_raw(file, overrides)
+    if "scorecard" not in data:
+        raise ConfigError("the file has no scorecard block; add scorecard: {defenses: [...], inversion: ..., ...}", "scorecard")
+    _run_scorecard(data, out, quiet=quiet, as_json=as_json)
+
+
 @main.command()
 @click.argument("scenario", type=click.Path(dir_okay=False, path_type=Path))
 @set_option
@@ -145,6 +177,16 @@ def validate(scenario: Path, overrides: tuple[str, ...], check_data: bool, as_js
     from .scenario.loader import load_raw
 
     data = load_raw(scenario, overrides)
+    if "scorecard" in data:
+        from .scorecard.expand import expand, parse
+
+        runs = expand(parse(data))  # resolves every run; an unusable file is the error
+        refused = [{"cell": values, "reason": s} for _, values, _, s in runs if isinstance(s, str)]
+        if as_json:
+            click.echo(json.dumps({"ok": True, "cells": len(runs), "not_applicable": refused}))
+        else:
+            click.echo(f"ok: scorecard {data['name']} ({len(runs)} runs, {len(refused)} not applicable)")
+        return
     cells = resolve_cells(data)  # as `fllab sweep` would: refused cells are errors unless skip_invalid
     setups = [s for *_, s in cells if not isinstance(s, str)]
     skipped = [{"cell": values, "reason": s} for _, values, _, s in cells if isinstance(s, str)]
@@ -245,7 +287,7 @@ def describe(name: str, as_json: bool) -> None:
 @click.option("--y", "y_metric", help="sweeps: metric on the y axis, e.g. inversion.psnr")
 @guarded
 def report(run_dir: Path, x_metric: str | None, y_metric: str | None) -> None:
-    """Rebuild report.md and report.html of RUN_DIR (a run, a sweep or an LDP audit) without re-running."""
+    """Rebuild report.md and report.html of RUN_DIR (a run, a sweep, a scorecard or an LDP audit) without re-running."""
     from .report import rebuild
 
     md, html = rebuild(run_dir, x=x_metric, y=y_metric)

@@ -17,7 +17,7 @@ from fllab.training.engine import Engine
 
 from conftest import ROOT, TINY
 
-QUICKSTART = yaml.safe_load((ROOT / "scenarios" / "quickstart.yaml").read_text())
+QUICKSTART = yaml.safe_load((ROOT / "scenarios" / "baselines" / "digits_fedavg.yaml").read_text())
 QUICKSTART.update(threads=1)
 QUICKSTART["federation"]["rounds"] = 3
 POISONING = {**copy.deepcopy(TINY), "attacks": [{"name": "label_flip", "fraction": 0.3}], "aggregator": {"name": "median"}}

@@ -87,7 +87,7 @@ def scenario(**changes) -> dict:
 
 
 def test_fedavg_quickstart_resumes_to_the_same_metrics(monkeypatch, tmp_path):
-    data = yaml.safe_load((ROOT / "scenarios" / "quickstart.yaml").read_text())
+    data = yaml.safe_load((ROOT / "scenarios" / "baselines" / "digits_fedavg.yaml").read_text())
     data["federation"]["rounds"], data["threads"], data["checkpoint"] = 6, 1, {"every": 2}
     got = check_resume_matches(monkeypatch, tmp_path, data, stop=2)
     assert got["utility.accuracy"] > 0.5

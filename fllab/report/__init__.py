@@ -11,14 +11,18 @@ from .sweep import build_sweep_report
 
 
 def rebuild(directory, *, x=None, y=None):
-    """Rebuild the report of whatever fllab wrote in ``directory`` -- a sweep (``results.csv``), an
-    LDP audit grid (``audit.csv``) or a run (``summary.json``) -- and return ``(md, html)`` paths:
+    """Rebuild the report of whatever fllab wrote in ``directory`` -- a scorecard
+    (``scorecard.yaml``), a sweep (``results.csv``), an LDP audit grid (``audit.csv``) or a run (``summary.json``) -- and return ``(md, html)`` paths:
     the one dispatcher behind ``fllab report`` and :func:`fllab.build_report`."""
     from pathlib import Path
 
     from ..errors import ConfigError
 
     directory = Path(directory)
+    if (directory / "scorecard.yaml").is_file():
+        from ..scorecard import build_scorecard_report
+
+        return build_scorecard_report(directory)
     if (directory / "results.csv").is_file():
         return build_sweep_report(directory, x=x, y=y)
     if (directory / "audit.csv").is_file():
@@ -28,7 +32,7 @@ def rebuild(directory, *, x=None, y=None):
     if (directory / "summary.json").is_file():
         return build_report(directory)
     raise ConfigError(
-        f"{directory} is neither a run directory (summary.json), a sweep (results.csv) nor an LDP audit (audit.csv)", "directory"
+        f"{directory} is not a run (summary.json), sweep (results.csv), scorecard (scorecard.yaml) or LDP audit (audit.csv)", "directory"
     )
 
 

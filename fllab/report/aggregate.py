@@ -37,9 +37,11 @@ def ci95_halfwidth(values: Sequence[float]) -> float | None:
     return float(stats.t.ppf(0.975, n - 1)) * statistics.stdev(values) / math.sqrt(n)
 
 
-def summarize(values: Sequence[float]) -> dict[str, float | None]:
-    """``mean``, ``std`` (sample, 0 for one value) and ``ci95`` of the values that are finite numbers."""
-    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+def summarize(values: Sequence[Any]) -> dict[str, float | None]:
+    """``mean``, ``std`` (sample, 0 for one value), ``ci95`` and ``n`` of the values that are finite
+    numbers (None, text and booleans are skipped): the one summary behind ``aggregate.csv`` and
+    the scorecard."""
+    finite = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
     if not finite:
         return {"mean": None, "std": None, "ci95": None, "n": 0}
     return {
