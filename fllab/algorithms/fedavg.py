@@ -71,8 +71,27 @@ class FedAvgParams(Params):
         return self
 
 
+class LocalSGDRecipe:
+    """What FedAvg-style clients share: local SGD for ``local_epochs`` or ``local_steps`` of
+    ``batch_size`` (a :class:`FedAvgParams` in ``self.params``), and the public hyper-parameters an
+    inversion attacker knows of it."""
+
+    params: FedAvgParams
+
+    def local_steps(self, num_examples: int) -> int:
+        p = self.params
+        return steps_for(num_examples, p.batch_size, p.local_epochs, p.local_steps)
+
+    def public_hyper(self, num_examples: int) -> PublicHyperParams:
+        p = self.params
+        return PublicHyperParams(
+            self.registry_name, p.lr, min(p.batch_size, num_examples), self.local_steps(num_examples),
+            p.local_epochs if p.local_steps is None else None, num_examples, p.momentum, p.weight_decay,
+        )
+
+
 @ALGORITHMS.register("fedavg")
-class FedAvg:
+class FedAvg(LocalSGDRecipe):
     """Clients run local SGD from the global weights and send ``local - global``; the server adds
     ``server_lr`` times the aggregated delta."""
 
@@ -83,17 +102,6 @@ class FedAvg:
 
     def __init__(self, params: FedAvgParams):
         self.params = params
-
-    def local_steps(self, num_examples: int) -> int:
-        p = self.params
-        return steps_for(num_examples, p.batch_size, p.local_epochs, p.local_steps)
-
-    def public_hyper(self, num_examples: int) -> PublicHyperParams:
-        p = self.params
-        return PublicHyperParams(
-            "fedavg", p.lr, min(p.batch_size, num_examples), self.local_steps(num_examples),
-            p.local_epochs if p.local_steps is None else None, num_examples, p.momentum, p.weight_decay,
-        )
 
     def client_update(self, model: nn.Module, task: ClientTask, gen: torch.Generator, trainer: Trainer | None = None) -> ClientResult:
         p = self.params

@@ -58,9 +58,9 @@ from ..models.flat import flatten_params, load_flat_
 from ..registry import ALGORITHMS
 from ..state import AttrState
 from ..seeding import torch_gen
-from ..algorithms.fedavg import FedAvgParams
-from ..training.local import TrainReport, sgd_train, steps_for
-from ..types import ClientResult, ClientTask, PublicHyperParams, UpdateKind
+from ..algorithms.fedavg import FedAvgParams, LocalSGDRecipe
+from ..training.local import TrainReport, sgd_train
+from ..types import ClientResult, ClientTask, UpdateKind
 from .layers import LoRALayer, LoRALayout, aggregation_error
 
 BYTES_PER_ENTRY = 4  # float32
@@ -93,7 +93,7 @@ class ClientPlan:
     trains: frozenset[str]
 
 
-class _LoRABundle(AttrState):
+class _LoRABundle(AttrState, LocalSGDRecipe):
     """Shared client loop and diagnostics; subclasses choose what is trained and sent
     (:meth:`client_plan`) and what the server does after averaging (:meth:`server_step`)."""
 
@@ -119,17 +119,6 @@ class _LoRABundle(AttrState):
             raise ConfigError(f"algorithm {self.registry_name} needs LoRA adapters: set task.model.lora", "task.model") from None
         self.rounds_done = 0
         return build
-
-    def local_steps(self, num_examples: int) -> int:
-        p = self.params
-        return steps_for(num_examples, p.batch_size, p.local_epochs, p.local_steps)
-
-    def public_hyper(self, num_examples: int) -> PublicHyperParams:
-        p = self.params
-        return PublicHyperParams(
-            self.registry_name, p.lr, min(p.batch_size, num_examples), self.local_steps(num_examples),
-            p.local_epochs if p.local_steps is None else None, num_examples, p.momentum, p.weight_decay,
-        )
 
     def client_plan(self, task: ClientTask, layout: LoRALayout) -> ClientPlan:
         raise NotImplementedError

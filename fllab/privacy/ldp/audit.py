@@ -78,6 +78,18 @@ def bound_from_outcomes(
     return float(eps), float(lo), float(hi), pos.size, tp, fp, f"; tau = {thr.tau:.4g} for {side}"
 
 
+def audit_result(
+    out1: np.ndarray, out2: np.ndarray, learned: bool, *, delta: float, alpha: float, trials: int, test: str, start: float
+) -> AuditResult:
+    """The :class:`AuditResult` of a test's outcomes on the two inputs (:func:`bound_from_outcomes`),
+    timed from ``start`` (a ``time.perf_counter()`` reading): the one place both audit paths end."""
+    eps, lo, hi, evaluated, tp, fp, note = bound_from_outcomes(out1, out2, learned, delta, alpha)
+    return AuditResult(
+        epsilon_lower_bound=eps, tpr_low=lo, fpr_up=hi, trials=trials, evaluated=evaluated, tp=tp, fp=fp,
+        test=test + note, alpha=float(alpha), delta=float(delta), seconds=time.perf_counter() - start,
+    )
+
+
 def audit_mechanism(
     mechanism: FrequencyOracle,
     attack: str = "paper",
@@ -107,17 +119,5 @@ def audit_mechanism(
             reports = mechanism.randomize(np.full(rows, v, dtype=np.int64), rng)
             parts.append(test.statistic(mechanism, reports, v1, v2, rng))
         outcomes.append(np.concatenate(parts))
-    eps, lo, hi, evaluated, tp, fp, note = bound_from_outcomes(outcomes[0], outcomes[1], test.learned, mechanism.delta, alpha)
-    return AuditResult(
-        epsilon_lower_bound=eps,
-        tpr_low=lo,
-        fpr_up=hi,
-        trials=trials,
-        evaluated=evaluated,
-        tp=tp,
-        fp=fp,
-        test=test.description + note,
-        alpha=float(alpha),
-        delta=mechanism.delta,
-        seconds=time.perf_counter() - start,
-    )
+    return audit_result(outcomes[0], outcomes[1], test.learned, delta=mechanism.delta, alpha=alpha, trials=trials,
+                        test=test.description, start=start)

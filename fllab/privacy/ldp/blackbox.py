@@ -32,7 +32,7 @@ from typing import Any, Callable
 import numpy as np
 from scipy.stats import chi2
 
-from .audit import AuditResult, bound_from_outcomes
+from .audit import AuditResult, audit_result
 from .checks import LDPArgumentError, positive_int, probability
 
 MAX_CATEGORIES = 1024
@@ -159,18 +159,5 @@ def audit_blackbox(
     y1, y2 = y1[rng.permutation(trials)], y2[rng.permutation(trials)]
     half = trials // 2
     score = _NaiveBayesScore(y1[:half], y2[:half])
-    # bound_from_outcomes learns tau on the first half of the scores and counts the second half
-    eps, lo, hi, evaluated, tp, fp, note = bound_from_outcomes(score(y1), score(y2), True, delta, alpha)
-    return AuditResult(
-        epsilon_lower_bound=eps,
-        tpr_low=lo,
-        fpr_up=hi,
-        trials=trials,
-        evaluated=evaluated,
-        tp=tp,
-        fp=fp,
-        test=score.describe() + note,
-        alpha=alpha,
-        delta=delta,
-        seconds=time.perf_counter() - start,
-    )
+    # audit_result learns tau on the first half of the scores and counts the second half
+    return audit_result(score(y1), score(y2), True, delta=delta, alpha=alpha, trials=trials, test=score.describe(), start=start)
