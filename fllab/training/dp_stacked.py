@@ -34,9 +34,8 @@ import torch
 from torch import Tensor
 from torch.func import functional_call, grad_and_value, vmap
 
-from ..defenses.dp_train import poisson_batch
 from ..models.victim import VictimModel
-from .stacked import BatchSchedule, StackedMLP, gather, pack, run_sgd, stacked_views
+from .stacked import BatchSchedule, StackedMLP, gather, run_sgd, stacked_views
 
 #: Opacus's guard against dividing by a zero per-sample norm.
 _EPS = 1e-6
@@ -58,14 +57,28 @@ class PoissonPlan:
 
 def poisson_plan(members: list[Tensor], sample_rates: Sequence[float], steps: Sequence[int], gens: Sequence[torch.Generator]) -> PoissonPlan:
     """Draw what :func:`~fllab.defenses.dp_train.dp_sgd_train` draws from each client's generator,
-    in its order: the noise seed, then ``steps[k]`` Poisson batches of the client's records."""
-    seeds, batches = [], []
+    in its order: the noise seed, then ``steps[k]`` Poisson batches of the client's records
+    (:func:`~fllab.defenses.dp_train.poisson_batch`: ``rand(n) < q`` per step; one ``rand(steps, n)``
+    consumes the CPU generator identically).  A batch's records keep their order, padded to the
+    widest batch with zero-weight slots."""
+    seeds, masks = [], []
     for m, q, s, gen in zip(members, sample_rates, steps, gens):
         seeds.append(int(torch.randint(0, 2**62, (1,), generator=gen)))
-        batches.append([poisson_batch(m.numel(), q, gen) for _ in range(s)])
-    plan = pack(members, batches)
-    expected = torch.tensor([q * m.numel() for m, q in zip(members, sample_rates)], dtype=plan.weight.dtype)
-    return PoissonPlan(plan, seeds, 1.0 / expected)
+        masks.append(torch.rand(s, m.numel(), generator=gen) < q)
+    counts = [mask.sum(dim=1) for mask in masks]
+    width = max([1] + [int(c.max()) for c in counts if c.numel()])
+    k, t = len(members), max(steps)
+    index = torch.zeros(t, k, width, dtype=torch.long)
+    weight = torch.zeros(t, k, width)
+    active = torch.zeros(t, k, dtype=torch.bool)
+    for j, (m, mask, count) in enumerate(zip(members, masks, counts)):
+        s, w = mask.shape[0], min(width, m.numel())
+        first = torch.argsort((~mask).to(torch.uint8), dim=1, stable=True)[:, :w]  # the batch's records, in order
+        index[:s, j, :w] = m[first]
+        weight[:s, j, :w] = (torch.arange(w) < count.unsqueeze(1)).to(weight.dtype)
+        active[:s, j] = True
+    expected = torch.tensor([q * m.numel() for m, q in zip(members, sample_rates)], dtype=weight.dtype)
+    return PoissonPlan(BatchSchedule(index, weight, active), seeds, 1.0 / expected)
 
 
 def clip_factors(sq_norms: Tensor, max_grad_norm: float) -> Tensor:

@@ -194,8 +194,12 @@ def run_sgd(
     index, weight = plan.index.to(x.device), plan.weight.to(device=x.device, dtype=x.dtype)
     # A frozen model still runs (on record 0, weight 1, so its loss stays finite) but takes no step.
     weight[~plan.active] = 1.0
+    widths = [index.shape[-1]] * index.shape[0]
     if scale is None:
         scale = weight / weight.sum(dim=-1, keepdim=True)  # each model's batch mean
+    else:  # variable batches (Poisson sampling): each step runs only as wide as its widest batch
+        used = (scale != 0).any(dim=1)  # (T, B)
+        widths = (used * torch.arange(1, used.shape[1] + 1, device=used.device)).amax(dim=1).clamp(min=1).tolist()
     scale = scale.to(device=x.device, dtype=x.dtype).unsqueeze(-1)  # (T, K, B, 1)
     everyone = plan.active.all(dim=1).tolist()
     active = plan.active.to(device=x.device, dtype=x.dtype)
@@ -209,7 +213,8 @@ def run_sgd(
     velocity = [torch.zeros_like(p) for p in params] if momentum else []
     total = torch.zeros(k, dtype=x.dtype, device=x.device) if track_loss else None
     for t in range(index.shape[0]):
-        grads = grad_fn(gather(x, index[t]), index[t], scale[t])
+        idx = index[t, :, : widths[t]]
+        grads = grad_fn(gather(x, idx), idx, scale[t, :, : widths[t]])
         with torch.no_grad():
             if track_loss:
                 total += grad_fn.last_loss * active[t]
