@@ -44,12 +44,13 @@ def test_clipped_gradient_matches_a_hand_computation_and_respects_the_bound(kern
     x, y = torch.randn(k * b, 2, 3), torch.randint(0, 3, (k * b,))
     idx = torch.arange(k * b).view(k, b)
     weight = torch.tensor([[1.0, 1, 1, 0, 1], [1, 0, 1, 1, 1]]) / 3.0  # 1 / (q n) with padding slots
-    noise = _Noise([1] * k, [s for _, s in model.shapes], [0.0] * k, torch.ones(1, k, dtype=torch.bool), torch.device("cpu"))
+    shapes = [s for _, s in model.shapes]
+    noise = _Noise([1] * k, shapes, torch.zeros(k), torch.ones(2, k, dtype=torch.bool), torch.float32, torch.device("cpu"))
     if kernel == "stacked":
         engine = ClippedStackedMLP(StackedMLP.layers_of(model), flat, model.shapes, x, y)
     else:
         engine = ClippedVmap(model, flat, y)
-    engine.dp(C, noise, torch.full((k, 1), 1 / 3.0))
+    engine.dp(C, noise)
     grads = engine(x[idx], idx, weight.unsqueeze(-1))
     got = torch.cat([g.flatten(1) for g in grads], dim=1)
     for j in range(k):

@@ -16,8 +16,8 @@ Abadi et al. 2016, "Deep Learning with Differential Privacy", CCS (Algorithm 1),
 3. **flat clipping** of each per-sample gradient to ``C``: factor ``min(1, C / (|g_i| + 1e-6))``
    (Opacus's);
 4. the sum of clipped gradients plus N(0, (sigma C)^2) per coordinate (Opacus's draw: one
-   ``torch.normal`` per parameter tensor from the client's noise generator), divided by the
-   **expected** batch size ``q_k n_k``; an empty batch still releases the noise.  Momentum and
+   ``torch.normal`` per parameter tensor from the client's noise generator, in place in one
+   (K, d) buffer), divided by the **expected** batch size ``q_k n_k``; an empty batch still releases the noise.  Momentum and
    weight decay are torch SGD's, applied after, as with Opacus's wrapped optimizer.
 
 A client's steps are ``steps`` applications of the sampled Gaussian mechanism ``(sigma, q, steps)``
@@ -87,24 +87,30 @@ def clip_factors(sq_norms: Tensor, max_grad_norm: float) -> Tensor:
 
 
 class _Noise:
-    """Per-client Gaussian noise ``N(0, (sigma C)^2)`` for each parameter tensor, drawn as Opacus
-    draws it, from each client's own generator and only on the steps the client takes."""
+    """Per-client Gaussian noise ``N(0, (sigma_k C)^2)`` for each parameter tensor, drawn as Opacus
+    draws it (one ``torch.normal`` per tensor, in order) from each client's own generator, only on
+    the steps the client takes, and divided by its expected batch size ``q_k n_k``: the std is
+    ``sigma_k C / (q_k n_k)`` (Opacus divides after drawing: equal up to rounding)."""
 
-    def __init__(self, seeds: list[int], shapes: list[torch.Size], stds: Sequence[float], active: Tensor, device: torch.device):
+    def __init__(self, seeds: list[int], shapes: list[torch.Size], stds: Tensor, active: Tensor, dtype: torch.dtype,
+                 device: torch.device):
         self.gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-        self.shapes, self.stds, self.active, self.device = shapes, list(stds), active.tolist(), device
+        self.stds, self.active = stds.tolist(), active.tolist()
+        self.buffer = torch.zeros(len(seeds), sum(s.numel() for s in shapes), dtype=dtype, device=device)
+        self.rows = [stacked_views(row.unsqueeze(0), [(i, s) for i, s in enumerate(shapes)]) for row in self.buffer]
+        self.shapes = shapes
         self.t = 0
 
-    def next(self, dtype: torch.dtype) -> Tensor:
-        """(K, d) noise of the next step (zero rows for clients that are done)."""
-        rows = []
+    def next(self) -> Tensor:
+        """(K, d) noise of the next step (zero rows for clients that are done); overwritten by the next call."""
         for k, gen in enumerate(self.gens):
             if self.active[self.t][k] and self.stds[k] > 0:
-                rows.append(torch.cat([torch.normal(0.0, self.stds[k], size=s, generator=gen, device=self.device).flatten() for s in self.shapes]))
+                for view, shape in zip(self.rows[k], self.shapes):
+                    torch.normal(0.0, self.stds[k], size=shape, generator=gen, out=view[0])
             else:
-                rows.append(torch.zeros(sum(s.numel() for s in self.shapes), device=self.device))
+                self.buffer[k].zero_()
         self.t += 1
-        return torch.stack(rows).to(dtype)
+        return self.buffer
 
 
 class _DPEngine:
@@ -112,15 +118,10 @@ class _DPEngine:
 
     max_grad_norm: float
     noise: _Noise
-    inv_expected: Tensor  # (K, 1)
 
-    def dp(self, max_grad_norm: float, noise: _Noise, inv_expected: Tensor) -> "_DPEngine":
-        self.max_grad_norm, self.noise, self.inv_expected = max_grad_norm, noise, inv_expected
+    def dp(self, max_grad_norm: float, noise: _Noise) -> "_DPEngine":
+        self.max_grad_norm, self.noise = max_grad_norm, noise
         return self
-
-    def noisy(self, flat: Tensor) -> Tensor:
-        """The next step's noise, divided by each client's expected batch size: (K, d)."""
-        return self.noise.next(flat.dtype) * self.inv_expected
 
     @staticmethod
     def batch_loss(nll: Tensor, mask: Tensor) -> Tensor:
@@ -156,7 +157,7 @@ class ClippedStackedMLP(StackedMLP, _DPEngine):
         factor = clip_factors(sq, self.max_grad_norm).unsqueeze(-1) * scale
         for i, g in outputs.items():  # the clipped sum / (q n): one bmm of the scaled output gradients
             self.layers[i].backward(self.layer_params[i], acts[i], acts[i + 1], g * factor, self.layer_grads[i], False)
-        self.grad.add_(self.noisy(self.grad))
+        self.grad.add_(self.noise.next())
         return [self.grad]
 
 
@@ -186,7 +187,7 @@ class ClippedVmap(_DPEngine):
             self.last_loss = self.batch_loss(nll.detach(), (w > 0).to(nll.dtype))
         sq = sum(g.flatten(2).square().sum(-1) for g in grads)
         factor = clip_factors(sq, self.max_grad_norm) * w  # (K, B)
-        noise = stacked_views(self.noisy(self.params[0]), list(zip(range(len(self.shapes)), self.shapes)))
+        noise = stacked_views(self.noise.next(), list(zip(range(len(self.shapes)), self.shapes)))
         return [torch.einsum("kb,kb...->k...", factor, g) + e for g, e in zip(grads, noise)]
 
     def flat(self) -> Tensor:
@@ -203,14 +204,13 @@ def run_dp_sgd(
     every batch was empty), as :func:`~fllab.defenses.dp_train.dp_sgd_train` reports."""
 
     shapes = [shape for _, shape in model.shapes]
-    stds = [sigma * max_grad_norm for sigma in noise_multipliers]
-    noise = _Noise(plan.noise_seeds, shapes, stds, plan.schedule.active, x.device)
-    inv = plan.inv_expected.to(device=x.device, dtype=x.dtype).unsqueeze(1)
+    stds = torch.tensor(noise_multipliers, dtype=torch.float64) * max_grad_norm * plan.inv_expected.double()
+    noise = _Noise(plan.noise_seeds, shapes, stds, plan.schedule.active, x.dtype, x.device)
 
     def engine(m: VictimModel, f: Tensor, xs: Tensor, ys: Tensor) -> _DPEngine:
         layers = StackedMLP.layers_of(m)
         built = ClippedStackedMLP(layers, f, m.shapes, xs, ys) if layers is not None else ClippedVmap(m, f, ys)
-        return built.dp(max_grad_norm, noise, inv)
+        return built.dp(max_grad_norm, noise)
 
     params, losses = run_sgd(model, x, y, flat, plan.schedule, lr=lr, momentum=momentum, weight_decay=weight_decay,
                              track_loss=True, engine=engine, scale=plan.scale)

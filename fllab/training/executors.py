@@ -12,7 +12,8 @@ executor that actually runs (``auto`` resolves to one of the others; env.json re
 * ``vectorized`` -- the round's FedAvg clients trained as one stacked computation
   (:func:`fllab.training.stacked.run_sgd`), each client on its own batches from its own
   generator: the serial trajectory up to float rounding (the stacked kernels sum in another
-  order than autograd on one model).
+  order than autograd on one model); ``dp_sgd`` runs as stacked DP-SGD
+  (:mod:`fllab.training.dp_stacked`) with the same epsilon.
 * ``ray`` -- Ray actors (``fllab[ray]``): a local Ray started for the run, or an existing
   cluster (``address``); the data goes into the object store once, the global weights once per
   round.  Identical results.
@@ -289,9 +290,12 @@ class VectorizedExecutor:
     backward for MLPs, ``torch.func.vmap`` otherwise), per-client mini-batches from each client's
     own generator seeded by its task, per-client step counts.  Runs FedAvg (momentum and weight
     decay included) with client-side update transforms (clipping, noise, quantization, ...) applied
-    per client afterwards with the serial executor's generators; refuses, before anything runs,
-    algorithms other than FedAvg, defenses that change local training (DP-SGD) and models with
-    buffers.  Follows the serial trajectory up to float rounding (another summation order)."""
+    per client afterwards with the serial executor's generators, and ``dp_sgd`` (flat clipping)
+    as stacked DP-SGD over clients x samples (:mod:`fllab.training.dp_stacked`: the serial
+    trainer's Poisson batches and noise draws, the same accountant segments, so the same
+    epsilon); refuses, before anything runs, algorithms other than FedAvg, other defenses that
+    change local training, ``dp_sgd`` with per-layer clipping and models with buffers.  Follows
+    the serial trajectory up to float rounding (another summation order)."""
 
     summary = "a round's FedAvg clients as one stacked computation (batched matmuls / vmap)"
     Params = NoParams
