@@ -97,7 +97,7 @@ class _Noise:
         self.gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
         self.stds, self.active = stds.tolist(), active.tolist()
         self.buffer = torch.zeros(len(seeds), sum(s.numel() for s in shapes), dtype=dtype, device=device)
-        self.rows = [stacked_views(row.unsqueeze(0), [(i, s) for i, s in enumerate(shapes)]) for row in self.buffer]
+        self.rows = [[v[0] for v in stacked_views(row.unsqueeze(0), list(enumerate(shapes)))] for row in self.buffer]
         self.shapes = shapes
         self.t = 0
 
@@ -106,7 +106,7 @@ class _Noise:
         for k, gen in enumerate(self.gens):
             if self.active[self.t][k] and self.stds[k] > 0:
                 for view, shape in zip(self.rows[k], self.shapes):
-                    torch.normal(0.0, self.stds[k], size=shape, generator=gen, out=view[0])
+                    torch.normal(0.0, self.stds[k], size=shape, generator=gen, out=view)
             else:
                 self.buffer[k].zero_()
         self.t += 1
@@ -133,6 +133,11 @@ class ClippedStackedMLP(StackedMLP, _DPEngine):
     """The stacked MLP kernel with flat per-sample clipping and noise: ``scale`` (K, B, 1) is the
     slot weight ``1 / (q n)`` (0 for padding); returns the noisy clipped mean in the (K, d) buffer."""
 
+    def __init__(self, layers: list, flat: Tensor, shapes: list, x: Tensor, y: Tensor):
+        super().__init__(layers, flat, shapes, x, y)
+        # the first Linear layer's inputs are the records themselves (after Flattens): |x_i|^2 once
+        self.input_sq = x.flatten(1).square().sum(dim=1)
+
     def __call__(self, xb: Tensor, idx: Tensor, scale: Tensor) -> list[Tensor]:
         acts = self.forward(xb)
         z = acts[-1] - acts[-1].amax(dim=-1, keepdim=True)
@@ -150,7 +155,8 @@ class ClippedStackedMLP(StackedMLP, _DPEngine):
             layer = self.layers[i]
             if layer.num_params:  # a Linear layer: per-sample gradient g_i x_i^T and bias g_i
                 outputs[i] = grad
-                sq += grad.square().sum(-1) * (acts[i].square().sum(-1) + 1.0)
+                inputs = gather(self.input_sq, idx) if i == self.first else torch.linalg.vecdot(acts[i], acts[i])
+                sq.addcmul_(torch.linalg.vecdot(grad, grad), inputs.add_(1.0) if i != self.first else inputs + 1.0)
                 grad = torch.bmm(grad, self.layer_params[i][0]) if i > self.first else None
             else:
                 grad = layer.backward(self.layer_params[i], acts[i], acts[i + 1], grad, [], True)
