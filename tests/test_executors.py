@@ -99,7 +99,7 @@ def test_ray_address_that_does_not_answer_is_refused_before_anything_runs(tmp_pa
     "change, message",
     [
         ({"algorithm": {"name": "fedsgd"}}, "executor: executor vectorized batches fedavg clients only; algorithm fedsgd"),
-        ({"defenses": [{"name": "dp_sgd"}]}, "executor: executor vectorized cannot batch defense dp_sgd"),
+        ({"defenses": [{"name": "dp_sgd", "clipping": "per_layer"}]}, "executor: executor vectorized runs dp_sgd with clipping flat only"),
     ],
 )
 def test_vectorized_refuses_what_it_cannot_batch_before_anything_runs(tmp_path, change, message):

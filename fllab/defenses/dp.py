@@ -185,21 +185,7 @@ class _DPSGDFit:
 
     def __call__(self, task: ClientTask) -> ClientResult:
         previous: DPSGDState = task.state if task.state is not None else DPSGDState(())
-        result = self.fit(replace(task, state=previous.inner))
-        spent = result.training.privacy if result.training is not None else ()
-        if not spent:
-            raise RuntimeError("the algorithm did not train through the client trainer, so dp_sgd could not protect it")
-        ledger = PrivacyLedger(self.defense.params.accountant)
-        for segment in (*previous.history, *spent):
-            ledger.step(*segment)
-        clipped, samples = result.training.clipped
-        metrics = {**result.metrics, **({"dp.clipped_fraction": clipped / samples} if samples else {})}
-        return replace(
-            result,
-            state=DPSGDState(ledger.history, result.state),
-            metrics=metrics,
-            extras={**result.extras, "dp_sgd.history": ledger.history},
-        )
+        return self.defense.settle(previous, self.fit(replace(task, state=previous.inner)))
 
 
 @DEFENSES.register("dp_sgd")
@@ -258,6 +244,26 @@ class DPSGD(AttrState):
             except ValueError as err:  # found at the client's first round: its sampling rate is known only then
                 raise ConfigError(f"dp_sgd.{err}") from None
         return self._sigma[key]
+
+    def settle(self, previous: DPSGDState | None, result: ClientResult) -> ClientResult:
+        """``result`` with the DP-SGD segments its trainer reported (:attr:`ClientResult.training`)
+        appended to the client's history ``previous`` (its new private state, and the result's
+        ``dp_sgd.history`` extra) and the fraction of per-sample gradients it clipped
+        (``dp.clipped_fraction``, where the trainer counted them).  Shared by the wrapped fit and the vectorized executor."""
+        previous = previous if previous is not None else DPSGDState(())
+        spent = result.training.privacy if result.training is not None else ()
+        if not spent:
+            raise RuntimeError("the algorithm did not train through the client trainer, so dp_sgd could not protect it")
+        ledger = PrivacyLedger(self.params.accountant)
+        for segment in (*previous.history, *spent):
+            ledger.step(*segment)
+        clipped, samples = result.training.clipped
+        return replace(
+            result,
+            state=DPSGDState(ledger.history, result.state),
+            metrics={**result.metrics, **({"dp.clipped_fraction": clipped / samples} if samples else {})},
+            extras={**result.extras, "dp_sgd.history": ledger.history},
+        )
 
     # -- hooks ----------------------------------------------------------------------------------
     def wrap_trainer(self, trainer: Any) -> _DPSGDTrainer:

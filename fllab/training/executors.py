@@ -12,7 +12,8 @@ executor that actually runs (``auto`` resolves to one of the others; env.json re
 * ``vectorized`` -- the round's FedAvg clients trained as one stacked computation
   (:func:`fllab.training.stacked.run_sgd`), each client on its own batches from its own
   generator: the serial trajectory up to float rounding (the stacked kernels sum in another
-  order than autograd on one model).
+  order than autograd on one model); ``dp_sgd`` runs as stacked DP-SGD
+  (:mod:`fllab.training.dp_stacked`) with the same epsilon.
 * ``ray`` -- Ray actors (``fllab[ray]``): a local Ray started for the run, or an existing
   cluster (``address``); the data goes into the object store once, the global weights once per
   round.  Identical results.
@@ -37,6 +38,7 @@ from ..registry import EXECUTORS, NoParams, Params
 from ..seeding import derive_seed
 from ..types import ClientResult, ClientTask, FitFn, ModelHandle, TensorData
 from .local import TrainReport
+from .dp_stacked import poisson_plan, run_dp_sgd
 from .stacked import StackedMLP, run_sgd, schedule
 
 
@@ -269,7 +271,10 @@ def vectorized_refusal(setup: Any, model: ModelHandle) -> str | None:
     if algorithm != "fedavg":
         return f"executor vectorized batches fedavg clients only; algorithm {algorithm} needs serial or process"
     for defense in setup.defenses:
-        if has_hook(defense, "wrap_trainer") or has_hook(defense, "wrap_fit"):
+        if defense.registry_name == "dp_sgd":
+            if defense.params.clipping != "flat":
+                return "executor vectorized runs dp_sgd with clipping flat only; per_layer needs serial or process"
+        elif has_hook(defense, "wrap_trainer") or has_hook(defense, "wrap_fit"):
             return f"executor vectorized cannot batch defense {defense.registry_name} (it changes local training); use serial or process"
     with torch.device("meta"):
         net = model.build()
@@ -285,9 +290,12 @@ class VectorizedExecutor:
     backward for MLPs, ``torch.func.vmap`` otherwise), per-client mini-batches from each client's
     own generator seeded by its task, per-client step counts.  Runs FedAvg (momentum and weight
     decay included) with client-side update transforms (clipping, noise, quantization, ...) applied
-    per client afterwards with the serial executor's generators; refuses, before anything runs,
-    algorithms other than FedAvg, defenses that change local training (DP-SGD) and models with
-    buffers.  Follows the serial trajectory up to float rounding (another summation order)."""
+    per client afterwards with the serial executor's generators, and ``dp_sgd`` (flat clipping)
+    as stacked DP-SGD over clients x samples (:mod:`fllab.training.dp_stacked`: the serial
+    trainer's Poisson batches and noise draws, the same accountant segments, so the same
+    epsilon); refuses, before anything runs, algorithms other than FedAvg, other defenses that
+    change local training, ``dp_sgd`` with per-layer clipping and models with buffers.  Follows
+    the serial trajectory up to float rounding (another summation order)."""
 
     summary = "a round's FedAvg clients as one stacked computation (batched matmuls / vmap)"
     Params = NoParams
@@ -304,6 +312,7 @@ class VectorizedExecutor:
     def start(self, fit: FitFn, clients: Sequence[TensorData]) -> None:
         self.algorithm = fit.algorithm
         self.transforms = [d for d in fit.defenses if has_hook(d, "transform")]
+        self.dp = next((d for d in fit.defenses if d.registry_name == "dp_sgd"), None)
         self.x = torch.cat([c.x for c in clients])
         self.y = torch.cat([c.y for c in clients])
         sizes = torch.tensor([len(c) for c in clients])
@@ -317,12 +326,16 @@ class VectorizedExecutor:
         members = [torch.arange(self.offsets[c], self.offsets[c] + self.sizes[c]) for c in ids]
         steps = [self.algorithm.local_steps(self.sizes[c]) for c in ids]
         gens = [torch.Generator(device="cpu").manual_seed(t.seed) for t in tasks]
-        plan = schedule(members, p.batch_size, steps, gens)
         start = tasks[0].global_params
         flat = start.to(self.x.dtype).expand(len(tasks), -1).clone()
-        params, losses = run_sgd(
-            self.victim, self.x, self.y, flat, plan, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay, track_loss=True
-        )
+        privacy: list[tuple] = [()] * len(tasks)
+        if self.dp is None:
+            plan = schedule(members, p.batch_size, steps, gens)
+            params, losses = run_sgd(
+                self.victim, self.x, self.y, flat, plan, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay, track_loss=True
+            )
+        else:
+            params, losses, privacy = self._dp_sgd(members, steps, gens, flat)
         deltas = params - start
         results = []
         for k, task in enumerate(tasks):
@@ -332,9 +345,26 @@ class VectorizedExecutor:
                 gen = torch.Generator(device="cpu").manual_seed(derive_seed(task.seed, "defense", defense.registry_name))
                 update = defense.transform(update, gen)
             used = torch.arange(n, device=self.x.device)
-            results.append(ClientResult(task.client_id, update, n, {"train_loss": loss}, {"used_index": used},
-                                        training=TrainReport(loss, steps[k])))
+            result = ClientResult(task.client_id, update, n, {"train_loss": loss}, {"used_index": used},
+                                  training=TrainReport(loss, steps[k], privacy[k]))
+            if self.dp is not None:  # the dp_sgd fit's bookkeeping: the client's accountant history
+                result = self.dp.settle(task.state, result)
+            results.append(result)
         return results
+
+    def _dp_sgd(self, members: list[torch.Tensor], steps: list[int], gens: list[torch.Generator], flat: torch.Tensor) -> tuple:
+        """The round's DP-SGD (:mod:`fllab.training.dp_stacked`) with the dp_sgd defense's sample
+        rate ``min(batch_size, n) / n`` and noise multiplier per client; returns the weights, the
+        losses and each client's ``(sigma, q, steps)`` segment."""
+        p, dp = self.algorithm.params, self.dp.params
+        rates = [min(p.batch_size, m.numel()) / m.numel() for m in members]
+        sigmas = [self.dp.noise_multiplier_for(q, s) for q, s in zip(rates, steps)]
+        plan = poisson_plan(members, rates, steps, gens)
+        params, losses = run_dp_sgd(
+            self.victim, self.x, self.y, flat, plan, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay,
+            noise_multipliers=sigmas, max_grad_norm=dp.max_grad_norm,
+        )
+        return params, losses, [((sigma, q, s),) for sigma, q, s in zip(sigmas, rates, steps)]
 
     def close(self) -> None:
         """Nothing to release."""

@@ -110,17 +110,27 @@ def schedule(members: list[Tensor], batch_size: int, steps: list[int], gens: lis
     """The mini-batches of K models: model k draws ``steps[k]`` batches of its pool records
     ``members[k]`` from ``gens[k]`` exactly as :func:`fllab.training.local.batch_order` would for
     it alone (padded to a common width with zero-weight slots; inactive once its steps are done)."""
-    width = min(batch_size, max(m.numel() for m in members))
-    k, t = len(members), max(steps)
+    batches = [batch_order(m.numel(), batch_size, s, g) for m, s, g in zip(members, steps, gens)]
+    return pack(members, batches)
+
+
+def pack(members: list[Tensor], batches: list[list[Tensor]]) -> BatchSchedule:
+    """The schedule of K models where model k takes one step per batch of ``batches[k]`` (indices
+    into its records ``members[k]``): padded to the widest batch with zero-weight slots (an empty
+    batch is all padding), inactive once its batches are done."""
+    width = max(1, max((b.numel() for bs in batches for b in bs), default=1))
+    k, t = len(members), max(len(bs) for bs in batches)
     index = torch.zeros(t, k, width, dtype=torch.long)
     weight = torch.zeros(t, k, width)
     active = torch.zeros(t, k, dtype=torch.bool)
     slots = torch.arange(width)
-    for j, (m, s) in enumerate(zip(members, steps)):
-        batches = batch_order(m.numel(), batch_size, s, gens[j])
-        padded = pad_sequence(batches, batch_first=True)  # (s, <= width), zeros after a partial batch
+    for j, (m, bs) in enumerate(zip(members, batches)):
+        s = len(bs)
+        if not s:
+            continue
+        padded = pad_sequence(bs, batch_first=True)  # (s, <= width), zeros after a partial batch
         index[:s, j, : padded.shape[1]] = m[padded]
-        weight[:s, j] = (slots < torch.tensor([b.numel() for b in batches]).unsqueeze(1)).to(weight.dtype)
+        weight[:s, j] = (slots < torch.tensor([b.numel() for b in bs]).unsqueeze(1)).to(weight.dtype)
         active[:s, j] = True
     return BatchSchedule(index, weight, active)
 
@@ -169,29 +179,42 @@ def train_ensemble(
 
 def run_sgd(
     model: VictimModel, x: Tensor, y: Tensor, flat: Tensor, plan: BatchSchedule, *, lr: float, momentum: float = 0.0,
-    weight_decay: float = 0.0, track_loss: bool = False,
+    weight_decay: float = 0.0, track_loss: bool = False, engine: Callable[..., Any] | None = None,
+    scale: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """SGD of K models from weights ``flat`` (K, d) on the pool ``(x, y)`` along ``plan``; returns
     the final (K, d) weights and, with ``track_loss``, each model's mean mini-batch loss over its
     steps (what :func:`fllab.training.local.sgd_train` reports).  The optimizer is
-    :class:`torch.optim.SGD` (see :func:`train_ensemble`)."""
+    :class:`torch.optim.SGD` (see :func:`train_ensemble`).
+
+    ``engine`` and ``scale`` replace the gradient: ``engine(model, flat, x, y)`` builds the
+    gradient engine (default :class:`StackedMLP` where it applies, else :class:`VmapGradient`)
+    and ``scale`` (T, K, B) the weight of every batch slot (default each model's batch mean);
+    DP-SGD (:mod:`fllab.training.dp_stacked`) passes its clipping engine and ``1 / (q n)``."""
     index, weight = plan.index.to(x.device), plan.weight.to(device=x.device, dtype=x.dtype)
     # A frozen model still runs (on record 0, weight 1, so its loss stays finite) but takes no step.
     weight[~plan.active] = 1.0
-    scale = (weight / weight.sum(dim=-1, keepdim=True)).unsqueeze(-1)  # (T, K, B, 1): each model's batch mean
+    widths = [index.shape[-1]] * index.shape[0]
+    if scale is None:
+        scale = weight / weight.sum(dim=-1, keepdim=True)  # each model's batch mean
+    else:  # variable batches (Poisson sampling): each step runs only as wide as its widest batch
+        used = (scale != 0).any(dim=1)  # (T, B)
+        widths = (used * torch.arange(1, used.shape[1] + 1, device=used.device)).amax(dim=1).clamp(min=1).tolist()
+    scale = scale.to(device=x.device, dtype=x.dtype).unsqueeze(-1)  # (T, K, B, 1)
     everyone = plan.active.all(dim=1).tolist()
     active = plan.active.to(device=x.device, dtype=x.dtype)
     step_size = lr * active  # (T, K)
     k = flat.shape[0]
 
-    grad_fn = StackedMLP.of(model, flat, x, y) or VmapGradient(model, flat, y)
+    grad_fn = engine(model, flat, x, y) if engine is not None else StackedMLP.of(model, flat, x, y) or VmapGradient(model, flat, y)
     grad_fn.track_loss = track_loss
     params = grad_fn.params
     per_model = [(k,) + (1,) * (p.dim() - 1) for p in params]
     velocity = [torch.zeros_like(p) for p in params] if momentum else []
     total = torch.zeros(k, dtype=x.dtype, device=x.device) if track_loss else None
     for t in range(index.shape[0]):
-        grads = grad_fn(gather(x, index[t]), index[t], scale[t])
+        idx = index[t, :, : widths[t]]
+        grads = grad_fn(gather(x, idx), idx, scale[t, :, : widths[t]])
         with torch.no_grad():
             if track_loss:
                 total += grad_fn.last_loss * active[t]
