@@ -48,6 +48,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
+from abc import ABC, abstractmethod
+
 import numpy as np
 import torch
 from pydantic import Field, NonNegativeInt, field_validator
@@ -93,7 +95,7 @@ class ClientPlan:
     trains: frozenset[str]
 
 
-class _LoRABundle(AttrState, LocalSGDRecipe):
+class _LoRABundle(AttrState, LocalSGDRecipe, ABC):
     """Shared client loop and diagnostics; subclasses choose what is trained and sent
     (:meth:`client_plan`) and what the server does after averaging (:meth:`server_step`)."""
 
@@ -120,8 +122,9 @@ class _LoRABundle(AttrState, LocalSGDRecipe):
         self.rounds_done = 0
         return build
 
+    @abstractmethod
     def client_plan(self, task: ClientTask, layout: LoRALayout) -> ClientPlan:
-        raise NotImplementedError
+        """What this client trains, starts from and sends this round."""
 
     def client_state(self, local: Tensor, task: ClientTask) -> Any:
         """What the client keeps for its next round (nothing, except under FedRand)."""
@@ -159,9 +162,9 @@ class _LoRABundle(AttrState, LocalSGDRecipe):
         sent = self.sent_mask(client_id, rnd, global_sent.device)
         return torch.where(sent, global_sent + upload, global_sent)
 
+    @abstractmethod
     def sent_mask(self, client_id: int, rnd: int, device: torch.device | str) -> Tensor:
         """(d,) bool: the entries client ``client_id`` uploads in round ``rnd`` (public)."""
-        raise NotImplementedError
 
     # ---------------------------------------------------------------------------- diagnostics
     def round_metrics(self, results: Sequence[ClientResult]) -> dict[str, float]:

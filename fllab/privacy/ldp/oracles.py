@@ -40,6 +40,7 @@ unary encodings are drawn from float32 uniforms (a probability error below 2^-24
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import ClassVar
 
 import numpy as np
@@ -98,7 +99,7 @@ def laplace(rng: np.random.Generator, scale: float, shape: tuple[int, int]) -> n
     return noise
 
 
-class FrequencyOracle:
+class FrequencyOracle(ABC):
     """Base class: ``randomize`` a batch of values, ``estimate`` frequencies from reports."""
 
     encoding: ClassVar[str]
@@ -120,15 +121,17 @@ class FrequencyOracle:
         """One report per value (row ``i`` of the result is user ``i``'s report)."""
         return self._randomize(_values(values, self.k), rng)
 
+    @abstractmethod
     def _randomize(self, values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        raise NotImplementedError
+        """The reports of validated ``values`` (one row per user)."""
 
+    @abstractmethod
     def estimate(self, reports: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """Unbiased frequency estimate of every value from the reports."""
 
+    @abstractmethod
     def variance(self, n: int, frequencies: np.ndarray) -> np.ndarray:
         """Analytic variance of :meth:`estimate` for ``n`` users with true ``frequencies``."""
-        raise NotImplementedError
 
 
 class SupportOracle(FrequencyOracle):
@@ -137,9 +140,9 @@ class SupportOracle(FrequencyOracle):
     p: float
     q: float
 
+    @abstractmethod
     def support(self, reports: np.ndarray) -> np.ndarray:
         """(n, k) boolean: which values each report supports."""
-        raise NotImplementedError
 
     def estimate(self, reports: np.ndarray) -> np.ndarray:
         counts = self.support(reports).sum(axis=0, dtype=np.float64)
