@@ -10,6 +10,7 @@ the unfinished ones; ``results.csv`` is rebuilt after every finished cell, in gr
 """
 from __future__ import annotations
 
+import os
 import sys
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from multiprocessing import get_context
@@ -18,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .runner import SWEEP_BASELINES, SweepRun, baseline_key, baseline_setup, cached_run, execute, needs_baseline, write_results_csv
+from .runner import SWEEP_BASELINES, THREADS_CAP, SweepRun, baseline_key, baseline_setup, cached_run, execute, needs_baseline, write_results_csv
 from .scenario.build import Setup
 from .training.executors import cpu_cores
 
@@ -34,6 +35,8 @@ class FixedTwin:
 
 
 def _worker_start(threads: int) -> None:
+    """Each worker gets its share of the cores: a cell's ``threads`` is cut to it (no oversubscription)."""
+    os.environ[THREADS_CAP] = str(threads)
     torch.set_num_threads(threads)
 
 

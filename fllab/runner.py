@@ -78,15 +78,24 @@ class Progress:
             self.bar.close()
 
 
+#: environment variable holding a worker process's share of the cores (see :func:`torch_threads`)
+THREADS_CAP = "FLLAB_THREADS_CAP"
+
+
 @contextmanager
 def torch_threads(n: int | None) -> Iterator[None]:
     """Run with ``n`` torch threads (the default when None); more than the machine's cores only
-    oversubscribe them, so they are cut to the core count with a warning."""
+    oversubscribe them, so they are cut to the core count with a warning.  A process that shares
+    the cores with others (a ``fllab sweep --jobs N`` worker) gets its share as
+    ``$FLLAB_THREADS_CAP``, and ``n`` is cut to it silently."""
     old = torch.get_num_threads()
     cores = os.cpu_count() or 1
     if n and n > cores:
         warnings.warn(f"threads: {n} is more than the {cores} cores of this machine; using {cores}", RuntimeWarning, stacklevel=3)
         n = cores
+    cap = int(os.environ.get(THREADS_CAP, "0") or 0)
+    if cap:
+        n = min(n or cap, cap)
     if n:
         torch.set_num_threads(n)
     try:
