@@ -60,7 +60,8 @@ from torch.func import functional_call, grad_and_value, vmap
 from ..defenses.dp_train import check_dp_model
 from ..models.flat import param_shapes, unflatten
 from ..privacy import PrivacyLedger, noise_for_target_epsilon
-from ..registry import ALGORITHMS, Params
+from ..privacy.accounting import OneNoiseSource
+from ..registry import ALGORITHMS
 from ..state import AttrState
 from ..types import ClientResult, ClientTask, ModelHandle, PublicHyperParams, TensorData, UpdateKind
 
@@ -159,7 +160,7 @@ def calibrate(target_epsilon: float, delta: float, rounds: int, period: int, adj
 
 
 # ------------------------------------------------------------------------------------ params
-class DPGDParams(Params):
+class DPGDParams(OneNoiseSource):
     clip: PositiveFloat = Field(1.0, description="C1: per-record clip norm of full gradients")
     lr: PositiveFloat = Field(0.5, description="eta: server step x_r = x_{r-1} - eta v_r")
     noise_multiplier: PositiveFloat | None = Field(
@@ -169,11 +170,6 @@ class DPGDParams(Params):
     delta: float = Field(1e-5, gt=0.0, lt=1.0, description="delta of the reported (epsilon, delta)")
     adjacency: Adjacency = Field("add_remove", description="neighbouring datasets: add/remove one record (sensitivity C / n) or replace one (2C / n)")
 
-    @model_validator(mode="after")
-    def _one_noise(self) -> "DPGDParams":
-        if self.noise_multiplier is not None and self.target_epsilon is not None:
-            raise ValueError("set noise_multiplier or target_epsilon, not both")
-        return self
 
 
 class Diff2Params(DPGDParams):

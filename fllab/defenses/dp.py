@@ -58,12 +58,13 @@ from pydantic import Field, NonNegativeInt, PositiveFloat, model_validator
 from torch import nn
 
 from ..errors import ConfigError
-from ..registry import DEFENSES, Params
+from ..registry import DEFENSES
 from ..state import AttrState
 from ..seeding import torch_gen
 from ..training.local import TrainReport, sgd_train
 from ..types import ClientResult, ClientTask, FitFn, ModelHandle, TensorData
 from ..privacy import PrivacyLedger, noise_for_target_epsilon
+from ..privacy.accounting import OneNoiseSource
 from .dp_train import Clipping, GradSampleMode, check_dp_model, dp_sgd_train
 
 Accountant = Literal["rdp", "prv"]
@@ -110,7 +111,7 @@ def history_epsilon(history: History, accountant: str, delta: float) -> float:
     return ledger.epsilon(delta)
 
 
-class _NoiseParams(Params):
+class _NoiseParams(OneNoiseSource):
     """Noise choice shared by the two defenses: a multiplier, or a target epsilon to calibrate it."""
 
     noise_multiplier: PositiveFloat | None = Field(
@@ -122,11 +123,6 @@ class _NoiseParams(Params):
     delta: float = Field(1e-5, gt=0.0, lt=1.0, description="delta of the reported (epsilon, delta)")
     accountant: Accountant = Field("prv", description="Opacus accountant: prv (tight, numerical) or rdp")
 
-    @model_validator(mode="after")
-    def _one_noise(self) -> "_NoiseParams":
-        if self.noise_multiplier is not None and self.target_epsilon is not None:
-            raise ValueError("set noise_multiplier or target_epsilon, not both")
-        return self
 
 
 # ------------------------------------------------------------------------------------ dp_sgd

@@ -29,7 +29,9 @@ from opacus.accountants import IAccountant, PRVAccountant, RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 
 from ..errors import ConfigError, FllabError
-from ..registry import did_you_mean
+from pydantic import model_validator
+
+from ..registry import Params, did_you_mean
 
 #: Accountant name -> Opacus accountant class.
 ACCOUNTANTS: Mapping[str, type[IAccountant]] = MappingProxyType({"rdp": RDPAccountant, "prv": PRVAccountant})
@@ -202,3 +204,14 @@ def noise_for_target_epsilon(
             f"({accountant}, delta={d}, sample_rate={q}, steps={n})"
         )
     return result
+
+
+class OneNoiseSource(Params):
+    """Params of a Gaussian mechanism whose noise is set one way: a ``noise_multiplier`` or a
+    ``target_epsilon`` to calibrate to, not both (DP-SGD, DP-FedAvg, DIFF2/DP-GD)."""
+
+    @model_validator(mode="after")
+    def _one_noise(self) -> "OneNoiseSource":
+        if getattr(self, "noise_multiplier", None) is not None and getattr(self, "target_epsilon", None) is not None:
+            raise ValueError("set noise_multiplier or target_epsilon, not both")
+        return self
