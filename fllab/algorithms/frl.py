@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
 from torch import nn
 
@@ -39,7 +38,7 @@ from ..errors import ConfigError
 from ..models.flat import flatten_params
 from ..registry import ALGORITHMS, Params
 from ..types import ClientResult, ClientTask, PublicHyperParams, UpdateKind
-from ..training.local import batch_order, sgd_train
+from ..training.local import batch_order, run_batches, sgd_train
 from .ranking import MAX_LAYER, assign_by_rank, rank_within, vote
 from .supermask import score_sizes, to_supermask
 
@@ -155,24 +154,17 @@ class FRL:
         base_lr = p.lr * p.lr_decay**task.round
         scores = [q for q in model.parameters() if q.requires_grad]
         opt = torch.optim.SGD(scores, lr=base_lr, momentum=p.momentum, weight_decay=p.weight_decay)
-        model.train()
-        total = torch.zeros((), device=data.x.device)
         batches = batch_order(n, p.batch_size, per_epoch * p.local_epochs, gen)
-        for step, idx in enumerate(batches):
+
+        def cosine(step: int, opt: torch.optim.Optimizer) -> None:
             if step % per_epoch == 0:  # CosineAnnealingLR(T_max=local_epochs), stepped after each epoch
                 lr = base_lr * 0.5 * (1.0 + math.cos(math.pi * (step // per_epoch) / p.local_epochs))
                 for group in opt.param_groups:
                     group["lr"] = lr
-            idx = idx.to(data.x.device)
-            opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(data.x[idx]), data.y[idx])
-            loss.backward()
-            opt.step()
-            total += loss.detach()
+
+        loss = run_batches(model, opt, data, batches, cosine)
         ranking = rank_within(flatten_params(model), score_sizes(model))
-        return ClientResult(
-            task.client_id, ranking.to(task.global_params.dtype), n, {"train_loss": float(total) / len(batches)}
-        )
+        return ClientResult(task.client_id, ranking.to(task.global_params.dtype), n, {"train_loss": loss})
 
     # ---------------------------------------------------------------------------- server
     def server_step(self, global_params: torch.Tensor, aggregate: torch.Tensor) -> torch.Tensor:

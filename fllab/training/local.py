@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -59,17 +60,31 @@ def sgd_train(
     gen: torch.Generator,
 ) -> TrainReport:
     """Run ``steps`` SGD steps in place; report the mean training loss over the steps."""
-    model.train()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return TrainReport(run_batches(model, opt, data, batch_order(len(data), batch_size, steps, gen)), steps)
+
+
+def run_batches(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    data: TensorData,
+    batches: list[torch.Tensor],
+    before_step: Callable[[int, torch.optim.Optimizer], None] | None = None,
+) -> float:
+    """Cross-entropy steps of ``opt`` over ``batches`` of ``data`` in train mode (``before_step(step,
+    opt)`` may set a learning-rate schedule); returns the mean loss over the steps."""
+    model.train()
     total = torch.zeros((), device=data.x.device)
-    for idx in batch_order(len(data), batch_size, steps, gen):
+    for step, idx in enumerate(batches):
+        if before_step is not None:
+            before_step(step, opt)
         idx = idx.to(data.x.device)
         opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(data.x[idx]), data.y[idx])
         loss.backward()
         opt.step()
         total += loss.detach()
-    return TrainReport(float(total) / steps, steps)
+    return float(total) / len(batches)
 
 
 def batch_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
