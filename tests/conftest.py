@@ -45,3 +45,25 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+def gradients_at_start(scenario: dict):
+    """A prepared Engine for ``scenario``, its initial global weights, and each client's
+    full-batch cross-entropy gradient at those weights (flat), for hand-computed FedSGD rounds."""
+    import torch
+
+    from fllab.models.flat import load_flat_
+    from fllab.scenario.build import resolve
+    from fllab.scenario.loader import validate_schema
+    from fllab.training.engine import Engine
+
+    engine = Engine(resolve(validate_schema(scenario)))
+    engine.prepare()
+    start = engine.server.global_params.clone()
+    model = engine.federation.model_handle.build()
+    load_flat_(model, start)
+    grads = []
+    for data in engine.federation.client_data:
+        loss = torch.nn.functional.cross_entropy(model(data.x), data.y)
+        grads.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(model.parameters()))]))
+    return engine, start, grads

@@ -8,10 +8,9 @@ import torch
 import yaml
 
 import fllab
-from fllab.models.flat import load_flat_
+from conftest import gradients_at_start
 from fllab.scenario.build import resolve
 from fllab.scenario.loader import validate_schema
-from fllab.training.engine import Engine
 
 
 def metrics_of(data, tmp_path, name):
@@ -48,16 +47,8 @@ def test_rounds_jsonl_records_every_round_and_evaluation_cadence(tmp_path, tiny)
 def test_fedsgd_server_step_is_minus_lr_times_mean_gradient(tiny):
     tiny["algorithm"] = {"name": "fedsgd", "lr": 0.5}
     tiny["federation"]["rounds"] = 1
-    engine = Engine(resolve(validate_schema(tiny)))
-    engine.prepare()
-    start = engine.server.global_params.clone()
-    model = engine.federation.model_handle.build()
-    load_flat_(model, start)
-    grads, sizes = [], []
-    for data in engine.federation.client_data:
-        loss = torch.nn.functional.cross_entropy(model(data.x), data.y)
-        grads.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(model.parameters()))]))
-        sizes.append(len(data))
+    engine, start, grads = gradients_at_start(tiny)
+    sizes = [len(data) for data in engine.federation.client_data]
     w = torch.tensor(sizes, dtype=torch.float32)
     expected = start - 0.5 * (w / w.sum()) @ torch.stack(grads)
     engine.run()

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fllab
+from conftest import gradients_at_start
 from fllab.defenses import quantization, sketching, sparsification, update_noise
 from fllab.defenses.quantization import qsgd_quantize, scaled_sign
 from fllab.defenses.sketching import (
@@ -30,7 +31,6 @@ from fllab.defenses.sketching import (
 from fllab.defenses.sparsification import keep_count, top_k
 from fllab.defenses.update_noise import clip_and_noise, clip_by_norm
 from fllab.errors import ConfigError
-from fllab.models.flat import load_flat_
 from fllab.registry import DEFENSES
 from fllab.scenario.build import resolve
 from fllab.scenario.loader import validate_schema
@@ -367,15 +367,9 @@ def test_engine_applies_the_defense_to_each_client_gradient(tiny, spec, kernel):
     with the generator the engine derives from the client's task seed and the defense's name."""
     sc = fedsgd(copy.deepcopy(tiny), spec)
     sc["federation"]["rounds"] = 1
-    engine = Engine(resolve(validate_schema(sc)))
-    engine.prepare()
-    start = engine.server.global_params.clone()
-    model = engine.federation.model_handle.build()
-    load_flat_(model, start)
+    engine, start, grads = gradients_at_start(sc)
     step = torch.zeros_like(start)
-    for cid, data in enumerate(engine.federation.client_data):
-        loss = torch.nn.functional.cross_entropy(model(data.x), data.y)
-        grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(model.parameters()))])
+    for cid, (data, grad) in enumerate(zip(engine.federation.client_data, grads)):
         seed = derive_seed(derive_seed(engine.federation.root, "client", cid, 0), "defense", spec["name"])
         step += len(data) * kernel(grad, torch.Generator().manual_seed(seed))
     engine.run()
