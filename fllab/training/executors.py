@@ -22,11 +22,14 @@ executor that actually runs (``auto`` resolves to one of the others; env.json re
 """
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
-from multiprocessing import get_context
-from typing import Any, Sequence
+from multiprocessing import get_all_start_methods, get_context
+from multiprocessing.context import BaseContext
+from typing import Any, Literal, Sequence
 
 import torch
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
@@ -76,6 +79,11 @@ class SerialExecutor:
 class ProcessParams(Params):
     workers: PositiveInt | None = Field(None, description="worker processes; null = the number of CPU cores")
     threads: PositiveInt | None = Field(None, description="torch threads per worker; null = cores // workers (at least 1)")
+    start_method: Literal["auto", "fork", "forkserver", "spawn"] = Field(
+        "auto",
+        description="how workers start: auto = fork where safe (Linux, CPU, one torch thread per worker, CUDA not "
+        "initialized here), else forkserver with torch and fllab preloaded once per process",
+    )
 
     @model_validator(mode="after")
     def _fits_the_cores(self) -> "ProcessParams":
@@ -91,6 +99,31 @@ class ProcessParams(Params):
         return workers, self.threads or max(1, cores // workers)
 
 
+#: Modules every worker needs, imported once before workers start: torch.optim imports
+#: torch._dynamo lazily at the first optimizer (about 2 s, a first-task cost in every worker).
+PRELOAD = ("torch", "torch._dynamo", "fllab.components", "fllab.training.executors")
+
+
+def start_context(method: str, device: str, threads: int) -> BaseContext:
+    """The multiprocessing context for the workers, with :data:`PRELOAD` imported before they start.
+    ``auto`` forks where that is safe -- on Linux, on the CPU, with one torch thread per worker
+    (a forked child running OpenMP on several threads after its parent did deadlocks in libgomp)
+    and CUDA not initialized in this process -- so workers start in milliseconds with this
+    process's modules and share its memory; otherwise a forkserver (one per process, reused by
+    every later pool, e.g. a sweep's cells) imports the modules once and forks the workers."""
+    if method == "auto":
+        safe = sys.platform.startswith("linux") and device == "cpu" and threads == 1 and not torch.cuda.is_initialized()
+        method = "fork" if safe and "fork" in get_all_start_methods() else "forkserver"
+    if method == "forkserver":
+        context = get_context("forkserver")
+        context.set_forkserver_preload(list(PRELOAD))
+        return context
+    if method == "fork":
+        for module in PRELOAD:
+            importlib.import_module(module)
+    return get_context(method)
+
+
 _WORKER: dict[str, Any] = {}  # the fit function and the clients' data, set once per worker process
 
 
@@ -104,7 +137,7 @@ def _worker_ready(_: int) -> int:
     """A no-op that occupies one worker for a moment (so that start() spawns every worker)."""
     import time
 
-    time.sleep(0.2)
+    time.sleep(0.05)
     return os.getpid()
 
 
@@ -123,11 +156,12 @@ def _worker_fit_many(global_params: torch.Tensor, tasks: Sequence[ClientTask]) -
 
 @EXECUTORS.register("process")
 class ProcessExecutor:
-    """Clients on worker processes of this machine (spawned, so no state leaks from the parent).
-    The clients' data is shipped to every worker once, when the run starts; a round sends each
-    worker a share of the tasks without their data and the global weights once.  Client work is
-    a pure function of the task, so the results equal the serial executor's (with the same torch
-    thread count per client)."""
+    """Clients on worker processes of this machine, started by :func:`start_context` (forked where
+    safe, else from a forkserver with torch and fllab preloaded).  The clients' data reaches every
+    worker once, when the run starts (inherited by a forked worker; shared-memory tensors from a
+    forkserver); a round sends each worker a share of the tasks without their data and the global
+    weights once.  Client work is a pure function of the task, so the results equal the serial
+    executor's (with the same torch thread count per client)."""
 
     used = "process"
     summary = "worker processes on this machine; client data shipped once"
@@ -142,9 +176,8 @@ class ProcessExecutor:
         workers, threads = self.params.sizes()
         self.device = str(clients[0].x.device) if clients else "cpu"
         cpu = [c.to("cpu") for c in clients]
-        self.pool = ProcessPoolExecutor(
-            workers, mp_context=get_context("spawn"), initializer=_worker_start, initargs=(fit, cpu, self.device, threads)
-        )
+        context = start_context(self.params.start_method, self.device, threads)
+        self.pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start, initargs=(fit, cpu, self.device, threads))
         list(self.pool.map(_worker_ready, range(workers)))  # workers spawn on demand: start them all now
 
     def map(self, tasks: Sequence[ClientTask]) -> list[ClientResult]:
