@@ -17,8 +17,8 @@ executor that actually runs (``auto`` resolves to one of the others; env.json re
 * ``ray`` -- Ray actors (``fllab[ray]``): a local Ray started for the run, or an existing
   cluster (``address``); the data goes into the object store once, the global weights once per
   round.  Identical results.
-* ``auto`` -- ``vectorized`` where it applies and pays (any model on a GPU, MLPs on a CPU), else
-  ``serial``.
+* ``auto`` (the scenario default) -- ``vectorized`` where it applies and pays (any model on a
+  GPU, MLPs on a CPU), else ``serial``.
 """
 from __future__ import annotations
 
@@ -406,10 +406,11 @@ class VectorizedExecutor:
 # ---------------------------------------------------------------------------------------- auto
 @EXECUTORS.register("auto")
 class AutoExecutor:
-    """``vectorized`` where it applies and pays -- any model on a GPU, MLPs (models the stacked
-    kernel covers) on a CPU -- else ``serial``.  ``used`` names the one chosen."""
+    """The default executor (a scenario without ``executor``): ``vectorized`` where it applies and
+    pays -- any model on a GPU, MLPs (models the stacked kernel covers) on a CPU -- else
+    ``serial``.  ``used`` names the one chosen (env.json records it)."""
 
-    summary = "vectorized where it applies and pays (GPU; MLPs on CPU), else serial"
+    summary = "the default: vectorized where it applies and pays (GPU; MLPs on CPU), else serial"
     Params = NoParams
 
     def __init__(self, params: NoParams):
