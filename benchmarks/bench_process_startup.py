@@ -9,7 +9,7 @@
    measurement imported or started (a forkserver) helps the next; the serial executor alongside.
 
 Set-up (data, partition, wiring) is excluded, as in ``bench_simulation.py``, whose scenarios
-this reuses.
+this reuses; one torch thread per client everywhere (the serial executor too).
 
     python benchmarks/bench_process_startup.py --setting mlp --rounds 4 [--write]
 """
@@ -59,7 +59,8 @@ def one(setting: str, rounds: int, executor: dict) -> dict:
     from fllab.scenario.loader import validate_schema
     from fllab.training.engine import Engine
 
-    engine = Engine(resolve(validate_schema(scenario(setting, rounds, executor))))
+    data = {**scenario(setting, rounds, executor), "threads": 1}  # this process: serial's clients, everyone's evaluation
+    engine = Engine(resolve(validate_schema(data)))
     engine.prepare()
     fed, server, ex = engine.federation, engine.server, engine.setup.executor
     t0 = time.perf_counter()
@@ -87,7 +88,8 @@ def main() -> None:
     ap.add_argument("--setting", choices=("mlp", "convnet"), default="mlp")
     ap.add_argument("--rounds", type=int, default=4, help="rounds per run (round 0 is reported apart)")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--write", action="store_true", help="write benchmarks/results/process_startup_<setting>.md")
+    ap.add_argument("--executors", default="serial," + ",".join(METHODS), help="serial and/or process start methods, comma-separated")
+    ap.add_argument("--write", action="store_true", help="append the table to benchmarks/results/process_startup.md")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -96,10 +98,10 @@ def main() -> None:
     load = os.getloadavg()
     costs = import_costs()
     lines = [
-        f"# Process executor start-up ({args.setting})",
+        f"## {args.setting}",
         "",
         f"Command: `python benchmarks/bench_process_startup.py --setting {args.setting} --rounds {args.rounds} --workers {args.workers}"
-        f"{' --write' if args.write else ''}`  ",
+        f" --executors {args.executors}{' --write' if args.write else ''}`  ",
         f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, {os.cpu_count()} cores, "
         f"load average before {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (shared machine: times are noisy)",
         "",
@@ -114,10 +116,9 @@ def main() -> None:
         "| executor | start-up s | round 0 s | steady s / round | steady client updates / s | start-up + round-0 warm-up s | accuracy |",
         "|---|---|---|---|---|---|---|",
     ]
-    specs = {"serial": {"name": "serial"}} | {
-        f"process ({m})": {"name": "process", "workers": args.workers, "threads": 1, "start_method": m} for m in METHODS
-    }
-    for label, executor in specs.items():
+    for name in args.executors.split(","):
+        label = name if name == "serial" else f"process ({name})"
+        executor = {"name": "serial"} if name == "serial" else {"name": "process", "workers": args.workers, "threads": 1, "start_method": name}
         r = measure(args.setting, args.rounds, executor)
         steady = statistics.median(r["rounds"][1:]) if len(r["rounds"]) > 1 else r["rounds"][0]
         warm = r["startup"] + max(0.0, r["rounds"][0] - steady)
@@ -125,11 +126,11 @@ def main() -> None:
             f"| {label} | {r['startup']:.2f} | {r['rounds'][0]:.3f} | {steady:.3f} | {r['clients'] / steady:.1f} | {warm:.2f} | {r['accuracy']:.4f} |"
         )
         print(lines[-1], flush=True)
-    lines += ["", f"`auto` (the default start method) forks on this machine: see `start_context` in fllab/training/executors.py."]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.write:
-        (ROOT / "benchmarks" / "results" / f"process_startup_{args.setting}.md").write_text(text)
+        with open(ROOT / "benchmarks" / "results" / "process_startup.md", "a") as f:
+            f.write(text + "\n")
 
 
 if __name__ == "__main__":
