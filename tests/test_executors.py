@@ -75,6 +75,31 @@ def test_process_executor_gives_identical_metrics(serial, start_method):
         assert [r["train_loss"] for r in ours.rounds] == [r["train_loss"] for r in serial[name].rounds]
 
 
+FORK_AFTER_OPENMP = """
+import copy, sys, torch
+sys.path.insert(0, "tests")
+from conftest import TINY
+from fllab.scenario.build import resolve
+from fllab.scenario.loader import validate_schema
+from fllab.training.engine import Engine
+torch.set_num_threads(2)
+a = torch.randn(600, 600)
+(a @ a).exp().sum()  # an OpenMP team runs in this process before the workers fork
+data = {**copy.deepcopy(TINY), "threads": 2, "executor": {"name": "process", "workers": 2, "threads": 1}}
+print(Engine(resolve(validate_schema(data))).run().metrics["utility.accuracy"])
+"""
+
+
+def test_process_workers_fork_safely_after_the_parent_ran_openmp():
+    """A forked child entering OpenMP on several threads after its parent ran a team deadlocks
+    (libgomp); auto forks only one-thread workers, which set their thread count first."""
+    import subprocess
+
+    res = subprocess.run([sys.executable, "-c", FORK_AFTER_OPENMP], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert 0.0 < float(res.stdout.strip().splitlines()[-1]) <= 1.0
+
+
 @pytest.mark.ray
 def test_ray_executor_gives_identical_metrics(serial):
     """A local Ray with two one-thread actors: bit-identical to serial; no Ray left running."""
@@ -159,8 +184,9 @@ def assert_one_line_exit_2(res, out, expected: str) -> None:
         ({"algorithm": {"name": "fedsgd"}}, ["executor.name=vectorized"], "executor: executor vectorized batches fedavg clients only; algorithm fedsgd needs serial or process"),
         ({}, ["executor.name=process", "executor.workers=0"], "executor.workers: Input should be greater than 0"),
         ({}, ["executor.name=process", "executor.start_method=thread"], "executor.start_method: Input should be 'auto', 'fork', 'forkserver' or 'spawn'"),
+        ({}, ["executor.name=process", "executor.workers=1", "executor.threads=2", "executor.start_method=fork"], "executor: start_method fork needs threads 1"),
     ],
-    ids=["cannot-run", "workers-0", "start-method"],
+    ids=["cannot-run", "workers-0", "start-method", "fork-threads"],
 )
 def test_bad_executor_input_through_the_cli_is_one_line_and_exit_2(tmp_path, write_yaml, change, overrides, expected):
     res, _, out = cli_run(tmp_path, write_yaml, *overrides, change=change)

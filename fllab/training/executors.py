@@ -82,7 +82,8 @@ class ProcessParams(Params):
     start_method: Literal["auto", "fork", "forkserver", "spawn"] = Field(
         "auto",
         description="how workers start: auto = fork where safe (Linux, CPU, one torch thread per worker, CUDA not "
-        "initialized here), else forkserver with torch and fllab preloaded once per process",
+        "initialized), else forkserver with torch and fllab preloaded once per process; a forked worker with several "
+        "threads can deadlock in OpenMP",
     )
 
     @model_validator(mode="after")
@@ -90,6 +91,8 @@ class ProcessParams(Params):
         cores = cpu_cores()
         if self.workers and self.threads and self.workers * self.threads > cores:
             raise ValueError(f"workers x threads = {self.workers * self.threads} exceeds the {cores} CPU cores")
+        if self.start_method == "fork" and self.sizes()[1] > 1:
+            raise ValueError("start_method fork needs threads 1 (a forked worker on several OpenMP threads can deadlock); use auto or forkserver")
         return self
 
     def sizes(self) -> tuple[int, int]:
@@ -107,10 +110,11 @@ PRELOAD = ("torch", "torch._dynamo", "fllab.components", "fllab.training.executo
 def start_context(method: str, device: str, threads: int) -> BaseContext:
     """The multiprocessing context for the workers, with :data:`PRELOAD` imported before they start.
     ``auto`` forks where that is safe -- on Linux, on the CPU, with one torch thread per worker
-    (a forked child running OpenMP on several threads after its parent did deadlocks in libgomp)
-    and CUDA not initialized in this process -- so workers start in milliseconds with this
-    process's modules and share its memory; otherwise a forkserver (one per process, reused by
-    every later pool, e.g. a sweep's cells) imports the modules once and forks the workers."""
+    (set by the worker's initializer before any torch op: a forked child that enters OpenMP on
+    several threads after its parent ran an OpenMP team deadlocks in libgomp) and CUDA not
+    initialized -- so workers start in milliseconds with this process's modules and share its
+    memory; otherwise a forkserver (one per process, reused by every later pool, e.g. a sweep's
+    cells) imports the modules once and forks the workers."""
     if method == "auto":
         safe = sys.platform.startswith("linux") and device == "cpu" and threads == 1 and not torch.cuda.is_initialized()
         method = "fork" if safe and "fork" in get_all_start_methods() else "forkserver"
@@ -128,7 +132,7 @@ _WORKER: dict[str, Any] = {}  # the fit function and the clients' data, set once
 
 
 def _worker_start(fit: FitFn, clients: Sequence[TensorData], device: str, threads: int) -> None:
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads)  # first, before any torch op (see start_context)
     _WORKER["fit"] = fit
     _WORKER["clients"] = [c.to(device) for c in clients]
 
