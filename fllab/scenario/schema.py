@@ -119,7 +119,7 @@ class Scenario(Strict):
     defenses: list[Component] = Field(default_factory=list)
     attacks: list[Component] = Field(default_factory=list)
     evaluation: EvaluationCfg = Field(default_factory=EvaluationCfg)
-    executor: Component = Field(default_factory=lambda: Component(name="serial"))
+    executor: Component = Field(default_factory=lambda: Component(name="auto"))
     checkpoint: CheckpointCfg = Field(default_factory=CheckpointCfg)
     sweep: SweepCfg | None = None
     tracking: TrackingCfg | None = Field(None, description="log params, per-round metrics and the report to MLflow / TensorBoard")

@@ -17,16 +17,19 @@ executor that actually runs (``auto`` resolves to one of the others; env.json re
 * ``ray`` -- Ray actors (``fllab[ray]``): a local Ray started for the run, or an existing
   cluster (``address``); the data goes into the object store once, the global weights once per
   round.  Identical results.
-* ``auto`` -- ``vectorized`` where it applies and pays (any model on a GPU, MLPs on a CPU), else
-  ``serial``.
+* ``auto`` (the scenario default) -- ``vectorized`` where it applies and pays (any model on a
+  GPU, MLPs on a CPU), else ``serial``.
 """
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
-from multiprocessing import get_context
-from typing import Any, Sequence
+from multiprocessing import get_all_start_methods, get_context
+from multiprocessing.context import BaseContext
+from typing import Any, Literal, Sequence
 
 import torch
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
@@ -76,12 +79,20 @@ class SerialExecutor:
 class ProcessParams(Params):
     workers: PositiveInt | None = Field(None, description="worker processes; null = the number of CPU cores")
     threads: PositiveInt | None = Field(None, description="torch threads per worker; null = cores // workers (at least 1)")
+    start_method: Literal["auto", "fork", "forkserver", "spawn"] = Field(
+        "auto",
+        description="how workers start: auto = fork where safe (Linux, CPU, one torch thread per worker, CUDA not "
+        "initialized), else forkserver with torch and fllab preloaded once per process; a forked worker with several "
+        "threads can deadlock in OpenMP",
+    )
 
     @model_validator(mode="after")
     def _fits_the_cores(self) -> "ProcessParams":
         cores = cpu_cores()
         if self.workers and self.threads and self.workers * self.threads > cores:
             raise ValueError(f"workers x threads = {self.workers * self.threads} exceeds the {cores} CPU cores")
+        if self.start_method == "fork" and self.sizes()[1] > 1:
+            raise ValueError("start_method fork needs threads 1 (a forked worker on several OpenMP threads can deadlock); use auto or forkserver")
         return self
 
     def sizes(self) -> tuple[int, int]:
@@ -91,11 +102,37 @@ class ProcessParams(Params):
         return workers, self.threads or max(1, cores // workers)
 
 
+#: Modules every worker needs, imported once before workers start: torch.optim imports
+#: torch._dynamo lazily at the first optimizer (about 2 s, a first-task cost in every worker).
+PRELOAD = ("torch", "torch._dynamo", "fllab.components", "fllab.training.executors")
+
+
+def start_context(method: str, device: str, threads: int) -> BaseContext:
+    """The multiprocessing context for the workers, with :data:`PRELOAD` imported before they start.
+    ``auto`` forks where that is safe -- on Linux, on the CPU, with one torch thread per worker
+    (set by the worker's initializer before any torch op: a forked child that enters OpenMP on
+    several threads after its parent ran an OpenMP team deadlocks in libgomp) and CUDA not
+    initialized -- so workers start in milliseconds with this process's modules and share its
+    memory; otherwise a forkserver (one per process, reused by every later pool, e.g. a sweep's
+    cells) imports the modules once and forks the workers."""
+    if method == "auto":
+        safe = sys.platform.startswith("linux") and device == "cpu" and threads == 1 and not torch.cuda.is_initialized()
+        method = "fork" if safe and "fork" in get_all_start_methods() else "forkserver"
+    if method == "forkserver":
+        context = get_context("forkserver")
+        context.set_forkserver_preload(list(PRELOAD))
+        return context
+    if method == "fork":
+        for module in PRELOAD:
+            importlib.import_module(module)
+    return get_context(method)
+
+
 _WORKER: dict[str, Any] = {}  # the fit function and the clients' data, set once per worker process
 
 
 def _worker_start(fit: FitFn, clients: Sequence[TensorData], device: str, threads: int) -> None:
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads)  # first, before any torch op (see start_context)
     _WORKER["fit"] = fit
     _WORKER["clients"] = [c.to(device) for c in clients]
 
@@ -104,7 +141,7 @@ def _worker_ready(_: int) -> int:
     """A no-op that occupies one worker for a moment (so that start() spawns every worker)."""
     import time
 
-    time.sleep(0.2)
+    time.sleep(0.05)
     return os.getpid()
 
 
@@ -123,11 +160,12 @@ def _worker_fit_many(global_params: torch.Tensor, tasks: Sequence[ClientTask]) -
 
 @EXECUTORS.register("process")
 class ProcessExecutor:
-    """Clients on worker processes of this machine (spawned, so no state leaks from the parent).
-    The clients' data is shipped to every worker once, when the run starts; a round sends each
-    worker a share of the tasks without their data and the global weights once.  Client work is
-    a pure function of the task, so the results equal the serial executor's (with the same torch
-    thread count per client)."""
+    """Clients on worker processes of this machine, started by :func:`start_context` (forked where
+    safe, else from a forkserver with torch and fllab preloaded).  The clients' data reaches every
+    worker once, when the run starts (inherited by a forked worker; shared-memory tensors from a
+    forkserver); a round sends each worker a share of the tasks without their data and the global
+    weights once.  Client work is a pure function of the task, so the results equal the serial
+    executor's (with the same torch thread count per client)."""
 
     used = "process"
     summary = "worker processes on this machine; client data shipped once"
@@ -142,9 +180,8 @@ class ProcessExecutor:
         workers, threads = self.params.sizes()
         self.device = str(clients[0].x.device) if clients else "cpu"
         cpu = [c.to("cpu") for c in clients]
-        self.pool = ProcessPoolExecutor(
-            workers, mp_context=get_context("spawn"), initializer=_worker_start, initargs=(fit, cpu, self.device, threads)
-        )
+        context = start_context(self.params.start_method, self.device, threads)
+        self.pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start, initargs=(fit, cpu, self.device, threads))
         list(self.pool.map(_worker_ready, range(workers)))  # workers spawn on demand: start them all now
 
     def map(self, tasks: Sequence[ClientTask]) -> list[ClientResult]:
@@ -373,10 +410,11 @@ class VectorizedExecutor:
 # ---------------------------------------------------------------------------------------- auto
 @EXECUTORS.register("auto")
 class AutoExecutor:
-    """``vectorized`` where it applies and pays -- any model on a GPU, MLPs (models the stacked
-    kernel covers) on a CPU -- else ``serial``.  ``used`` names the one chosen."""
+    """The default executor (a scenario without ``executor``): ``vectorized`` where it applies and
+    pays -- any model on a GPU, MLPs (models the stacked kernel covers) on a CPU -- else
+    ``serial``.  ``used`` names the one chosen (env.json records it)."""
 
-    summary = "vectorized where it applies and pays (GPU; MLPs on CPU), else serial"
+    summary = "the default: vectorized where it applies and pays (GPU; MLPs on CPU), else serial"
     Params = NoParams
 
     def __init__(self, params: NoParams):
