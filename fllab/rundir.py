@@ -18,6 +18,10 @@ guarantees (issue 10):
   (read back with ``weights_only=True``) and ``state.json``, written last, that names it with its
   SHA-256 -- the commit point, so a checkpoint is whole or the previous one.  ``--resume`` keeps
   the directory (:func:`writing_run`'s ``keep``); a finished run drops it (:func:`drop_checkpoint`).
+* **The final model.**  A finished run holds :data:`MODEL_FILE`, the final global model's
+  ``state_dict`` (plain tensors, loadable with ``torch.load(weights_only=True)``), written by
+  :func:`write_model`; ``summary.json`` records its SHA-256 under ``"model"`` and
+  :func:`load_model` checks it, so an attack can be run on a finished run without retraining.
 * **OS errors are one line.**  A directory that cannot be created (read-only, under a file,
   name too long, ``/proc``) is a :class:`ConfigError` naming the path and the cause; any parent
   created on the way is removed again.
@@ -50,6 +54,7 @@ ROUNDS = "rounds.jsonl"
 PARTITION = "partition.json"
 ATTACKS = "attacks.json"
 ARTEFACTS = "artefacts"
+MODEL_FILE = "model.pt"  # the final global model's state_dict (torch.save of plain tensors)
 BASELINE_DIR = "baseline"  # a single run's no-attack twin, inside its run directory
 CHECKPOINT = "checkpoint"  # an unfinished run's last checkpoint, inside <out>.partial
 CHECKPOINT_STATE = "state.json"  # the checkpoint's commit record (JSON state + tensor file name + SHA-256)
@@ -283,18 +288,60 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
     return data
 
 
+# ----------------------------------------------------------------------------------- final model
+def _torch_bytes(obj: Any) -> bytes:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def write_model(run_dir: Path, state_dict: dict[str, Any]) -> dict[str, str]:
+    """Write ``state_dict`` (copied to the CPU, plain tensors) as ``run_dir``'s :data:`MODEL_FILE`
+    atomically; return the record ``summary.json`` keeps under ``"model"``: file name and SHA-256."""
+    blob = _torch_bytes({name: t.detach().cpu().clone() for name, t in state_dict.items()})
+    atomic_write_bytes(run_dir / MODEL_FILE, blob)
+    return {"file": MODEL_FILE, "sha256": hashlib.sha256(blob).hexdigest()}
+
+
+def load_model(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The final global model's ``state_dict`` of the finished run ``run_dir`` (on the CPU), read
+    with ``torch.load(weights_only=True)`` and checked against the SHA-256 in its summary.  A run
+    without one (unfinished, or written before fllab saved models) or a file that does not match
+    is a ConfigError naming the file.  Load it with ``model.load_state_dict(load_model(run_dir))``
+    into the model the run's ``config.resolved.yaml`` describes."""
+    import torch
+
+    run_dir = Path(run_dir)
+    path = run_dir / MODEL_FILE
+    summary = read_summary(run_dir)
+    if summary is None or not path.is_file():
+        raise ConfigError(f"{path} does not exist: {run_dir} is not a finished run that saved its model", "run_dir")
+    try:
+        blob = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"cannot read {os_error_line(err, path)}", "run_dir") from None
+    expected = (summary.get("model") or {}).get("sha256") if isinstance(summary.get("model"), dict) else None
+    if expected is not None and hashlib.sha256(blob).hexdigest() != expected:
+        raise ConfigError(f"{path} does not match the SHA-256 recorded in {run_dir / SUMMARY}", "run_dir")
+    try:
+        state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except Exception as err:  # not a torch file, or not plain tensors (pickle.UnpicklingError, RuntimeError)
+        raise ConfigError(f"{path}: not a saved state_dict ({type(err).__name__})", "run_dir") from None
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise ConfigError(f"{path}: not a state_dict of tensors", "run_dir")
+    return state
+
+
 # ----------------------------------------------------------------------------------- checkpoints
 def write_checkpoint(partial: Path, record: dict[str, Any], tensors: list[Any]) -> None:
     """Replace ``partial``'s checkpoint: the tensors go to ``tensors-<round>.pt`` first, then
     ``state.json`` (``record`` plus that file's name and SHA-256) is renamed into place, then
     older tensor files are removed.  A crash at any point leaves this or the previous checkpoint."""
-    import torch
-
     folder = partial / CHECKPOINT
     name = f"tensors-{int(record['round'])}.pt"
-    buf = io.BytesIO()
-    torch.save(list(tensors), buf)
-    blob = buf.getvalue()
+    blob = _torch_bytes(list(tensors))
     atomic_write_bytes(folder / name, blob)
     atomic_write_json(folder / CHECKPOINT_STATE, {**record, "tensors": name, "sha256": hashlib.sha256(blob).hexdigest()})
     for old in folder.glob("tensors-*.pt"):

@@ -46,7 +46,7 @@ from .limits import allocation_error, check_memory, check_work
 from .rundir import (
     ARTEFACTS, ATTACKS, BASELINE_DIR, CELLS_DIR, CELLS_FILE, CHECKPOINT, CONFIG, ENV, MARKER, PARTIAL_SUFFIX, PARTITION,
     RESULTS, ROUNDS, SUMMARY, SWEEP_BASELINES, SWEEP_FILE, check_out, check_resumable, drop_checkpoint, latest_partial,
-    os_error_line, partial_of, read_summary, writing_run, writing_sweep,
+    os_error_line, partial_of, read_summary, write_model, writing_run, writing_sweep,
 )
 from .scenario.build import Setup, resolve
 from .scenario.loader import expand_sweep, validate_schema
@@ -293,6 +293,7 @@ def _train(
     finally:
         bar.close()
     drop_checkpoint(partial)
+    model = write_model(partial, engine.server.final_model().state_dict())
     metrics = {**result.metrics, "run.seconds": time.perf_counter() - t0}
     if twin is not None:
         metrics.update(baseline_metrics(result.metrics["utility.accuracy"], twin[0]))
@@ -308,6 +309,7 @@ def _train(
     summary = {"name": sc.name, "seed": sc.seed, "status": "diverged" if diverged(result) else "ok", "metrics": metrics}
     if twin is not None:
         summary["baseline"] = twin[1]
+    summary["model"] = model
     atomic_write_json(partial / SUMMARY, summary)
     if report:
         from .report import build_report
