@@ -54,6 +54,7 @@ ROUNDS = "rounds.jsonl"
 PARTITION = "partition.json"
 ATTACKS = "attacks.json"
 ARTEFACTS = "artefacts"
+REPORT_HTML = "report.html"  # written by fllab.report (and report.md beside it)
 MODEL_FILE = "model.pt"  # the final global model's state_dict (torch.save of plain tensors)
 BASELINE_DIR = "baseline"  # a single run's no-attack twin, inside its run directory
 CHECKPOINT = "checkpoint"  # an unfinished run's last checkpoint, inside <out>.partial
@@ -339,14 +340,57 @@ def write_checkpoint(partial: Path, record: dict[str, Any], tensors: list[Any]) 
     """Replace ``partial``'s checkpoint: the tensors go to ``tensors-<round>.pt`` first, then
     ``state.json`` (``record`` plus that file's name and SHA-256) is renamed into place, then
     older tensor files are removed.  A crash at any point leaves this or the previous checkpoint."""
-    folder = partial / CHECKPOINT
     name = f"tensors-{int(record['round'])}.pt"
     blob = _torch_bytes(list(tensors))
-    atomic_write_bytes(folder / name, blob)
-    atomic_write_json(folder / CHECKPOINT_STATE, {**record, "tensors": name, "sha256": hashlib.sha256(blob).hexdigest()})
+    state = json.dumps({**record, "tensors": name, "sha256": hashlib.sha256(blob).hexdigest()}).encode()
+    put_checkpoint_files(partial, {name: blob, CHECKPOINT_STATE: state})
+
+
+def put_checkpoint_files(partial: Path, files: dict[str, bytes]) -> None:
+    """Replace ``partial``'s checkpoint by ``files`` (:func:`checkpoint_files` of another run
+    directory, e.g. a Ray worker's): the tensor file first, ``state.json`` last (the commit),
+    then older tensor files are removed."""
+    folder = partial / CHECKPOINT
+    for name, blob in files.items():
+        if name != CHECKPOINT_STATE:
+            atomic_write_bytes(folder / Path(name).name, blob)
+    atomic_write_bytes(folder / CHECKPOINT_STATE, files[CHECKPOINT_STATE])
     for old in folder.glob("tensors-*.pt"):
-        if old.name != name:
+        if old.name not in files:
             old.unlink(missing_ok=True)
+
+
+def checkpoint_files(partial: Path) -> dict[str, bytes]:
+    """``partial``'s last committed checkpoint as ``{file name: bytes}`` (``state.json`` and the
+    tensor file it names; empty when there is none), for :func:`put_checkpoint_files` elsewhere."""
+    folder = partial / CHECKPOINT
+    try:
+        state = (folder / CHECKPOINT_STATE).read_bytes()
+        name = Path(str(json.loads(state)["tensors"])).name
+        return {name: (folder / name).read_bytes(), CHECKPOINT_STATE: state}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}  # none, or not whole: read_checkpoint names what is wrong when the run resumes
+
+
+def pack_run(run_dir: Path) -> dict[str, bytes]:
+    """Every file of the finished run ``run_dir`` but its marker, as ``{relative path: bytes}``."""
+    return {p.relative_to(run_dir).as_posix(): p.read_bytes() for p in sorted(run_dir.rglob("*"))
+            if p.is_file() and p.name != MARKER}
+
+
+def unpack_run(out: Path, files: dict[str, bytes]) -> None:
+    """Write a :func:`pack_run` of a run made elsewhere as the run directory ``out``: whole or
+    absent (:func:`writing_run`; an older ``out`` is replaced), each file atomically."""
+    with writing_run(out, overwrite=True) as partial:
+        for rel, blob in files.items():
+            target = partial / rel
+            if not _inside_dir(partial, target):
+                raise FllabError(f"refusing to write {rel!r} outside {out}")
+            atomic_write_bytes(target, blob)
+
+
+def _inside_dir(base: Path, path: Path) -> bool:
+    return os.path.commonpath([os.path.abspath(base), os.path.abspath(path)]) == os.path.abspath(base)
 
 
 def read_checkpoint(partial: Path) -> tuple[dict[str, Any], list[Any]] | None:
