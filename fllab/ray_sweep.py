@@ -15,6 +15,8 @@ import os
 import queue
 import tempfile
 import threading
+import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -82,12 +84,15 @@ class RayCells:
         import ray
 
         self.started = not ray.is_initialized()
+        self.before = _children()
         if self.started:
-            if address is None:
-                ray.init(num_cpus=jobs if jobs > 1 else cpu_cores(), include_dashboard=False, log_to_driver=False,
-                         configure_logging=False)
-            else:
-                ray.init(address=address, log_to_driver=False, configure_logging=False)
+            with warnings.catch_warnings():  # Ray's notes on its future defaults are no news to a sweep's user
+                warnings.simplefilter("ignore", FutureWarning)
+                if address is None:
+                    ray.init(num_cpus=jobs if jobs > 1 else cpu_cores(), include_dashboard=False, log_to_driver=False,
+                             configure_logging=False)
+                else:
+                    ray.init(address=address, log_to_driver=False, configure_logging=False)
         self.task = ray.remote(num_cpus=1, num_returns="streaming", max_retries=0)(_cell_task)
         self.slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self.runs: dict[Any, tuple[Path, Claim]] = {}
@@ -139,3 +144,32 @@ class RayCells:
         self.runs = {}
         if self.started:
             ray.shutdown()
+            _reap(_children() - self.before)
+
+
+def _reap(pids: set[int], patience: float = 5.0) -> None:
+    """Collect the exit of ``pids`` (the processes Ray's shutdown killed, which it does not wait
+    for), waiting up to ``patience`` seconds, so that none is left as a zombie."""
+    deadline = time.monotonic() + patience
+    while pids and time.monotonic() < deadline:
+        for pid in list(pids):
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    pids.discard(pid)
+            except ChildProcessError:  # reaped already
+                pids.discard(pid)
+        time.sleep(0.05)
+
+
+def _children() -> set[int]:
+    """This process's direct children (from /proc; empty where there is none)."""
+    me = str(os.getpid())
+    found = set()
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = entry.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == me:
+            found.add(int(entry.parent.name))
+    return found
