@@ -43,6 +43,7 @@ from . import __version__, tracking
 from .errors import ConfigError, FllabError
 from .io import append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_jsonl, atomic_write_text, atomic_write_yaml
 from .limits import allocation_error, check_memory, check_work
+from .progress import Progress, shown
 from .rundir import (
     ARTEFACTS, ATTACKS, BASELINE_DIR, CELLS_DIR, CELLS_FILE, CHECKPOINT, CONFIG, ENV, MARKER, PARTIAL_SUFFIX, PARTITION,
     RESULTS, ROUNDS, SUMMARY, SWEEP_BASELINES, SWEEP_FILE, check_out, check_resumable, drop_checkpoint, latest_partial,
@@ -53,29 +54,6 @@ from .scenario.loader import expand_sweep, validate_schema
 from .seeding import derive_seed
 from .training.engine import Engine
 from .training.wiring import pick_device
-
-
-class Progress:
-    """A tqdm bar on stderr, or nothing when quiet."""
-
-    def __init__(self, total: int, desc: str, quiet: bool):
-        self.bar = None
-        if not quiet:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
-
-    def __call__(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def note(self, **values: Any) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix({k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in values.items()})
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 #: environment variable holding a worker process's share of the cores (see :func:`torch_threads`)
@@ -304,7 +282,8 @@ def _train(
 
     engine.on_round, engine.progress = on_round, bar
     try:
-        result = engine.run()
+        with shown(not quiet):  # bars inside the run, e.g. an attack's reference models
+            result = engine.run()
     finally:
         bar.close()
     drop_checkpoint(partial)

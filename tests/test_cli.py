@@ -244,3 +244,13 @@ def test_finished_run_holds_its_final_model(tmp_path, tiny, write_yaml):
         load_model(out)
     with pytest.raises(ConfigError, match="not a finished run"):
         load_model(tmp_path)
+
+
+def test_lira_reference_training_shows_progress_unless_quiet(tmp_path, tiny, write_yaml):
+    """The minutes a LiRA cell spends on its reference models have a bar on stderr (none with --quiet)."""
+    tiny["attacks"] = [{"name": "lira", "members": 40, "num_models": 2, "epochs": 1, "mode": "offline"}]
+    path = str(write_yaml(tiny))
+    loud = invoke("run", path, "--out", str(tmp_path / "loud"))
+    assert loud.exit_code == 0 and "2 reference models" in loud.stderr, loud.stderr
+    quiet = invoke("run", path, "--out", str(tmp_path / "quiet"), "-q")
+    assert quiet.exit_code == 0 and "reference models" not in quiet.stderr
