@@ -4,9 +4,13 @@ input (Ray missing, an address that does not answer, ``--jobs 0``) is one line, 
 from __future__ import annotations
 
 import copy
+import os
+import signal
 import socket
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -102,3 +106,63 @@ def test_run_ray_address_selects_the_ray_executor():
     assert on_ray_cluster({"executor": "serial"}, "auto")["executor"] == {"name": "ray", "address": "auto"}
     kept = on_ray_cluster({"executor": {"name": "ray", "actors": 2}}, "h:1")["executor"]
     assert kept == {"name": "ray", "actors": 2, "address": "h:1"}
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process under ``pid`` (from /proc)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = entry.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            parents[int(entry.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    out = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            out.add(pid)
+    return out
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ctrl_c_stops_the_local_ray_and_leaves_no_process(tmp_path):
+    """Ctrl-C (SIGINT to the process group) during a Ray sweep: exit 130, every process the sweep
+    started (Ray's included) gone, the interrupted cell's checkpoint kept for the re-run."""
+    pytest.importorskip("ray", reason="the ray extra (fllab[ray]) is not installed")
+    data = sweep_data()
+    data["federation"]["rounds"] = 400
+    data["checkpoint"] = {"every": 1}
+    data["sweep"]["executor"] = "ray"
+    cmd = [sys.executable, "-m", "fllab.cli", "sweep", write(tmp_path, data), "--out", str(tmp_path / "sw")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    seen: set[int] = set()
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        seen |= descendants(proc.pid)
+        if list((tmp_path / "sw" / "cells").glob("*.partial/checkpoint/state.json")):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read()
+    seen |= descendants(proc.pid)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    assert proc.stderr.read().strip().splitlines()[-1] == "interrupted"
+    deadline = time.time() + 30
+    while alive(seen) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not alive(seen), f"left behind: {alive(seen)}"
+    assert list((tmp_path / "sw" / "cells").glob("*.partial/checkpoint/state.json"))
