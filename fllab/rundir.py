@@ -49,7 +49,7 @@ import numpy as np
 import yaml
 
 from .errors import ConfigError, FllabError
-from .io import atomic_write_bytes, atomic_write_json, read_jsonl, read_text
+from .io import atomic_write_bytes, read_jsonl, read_text
 
 # ----------------------------------------------------------------------------------- names
 MARKER = ".fllab"  # marker + lock file of every directory fllab writes

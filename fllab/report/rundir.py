@@ -6,3 +6,8 @@ from ..rundir import (  # noqa: F401  (re-exported)
     ARTEFACTS, ATTACKS, CONFIG, ENV, FIGURES_MANIFEST, PARTITION, RECONSTRUCTION, ROUNDS, SCORES, SUMMARY, ArtefactFigure,
     RunData, Scores, attack_scores, defense_names, load_run, read_scores, scores_csv,
 )
+
+__all__ = [
+    "ARTEFACTS", "ATTACKS", "CONFIG", "ENV", "FIGURES_MANIFEST", "PARTITION", "RECONSTRUCTION", "ROUNDS", "SCORES", "SUMMARY",
+    "ArtefactFigure", "RunData", "Scores", "attack_scores", "defense_names", "load_run", "read_scores", "scores_csv",
+]
