@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import ConfigError
+from .errors import ConfigError, FllabError
 from .parallel_sweep import FixedTwin
 from .rundir import Claim, checkpoint_files, make_dirs, pack_run, partial_of, put_checkpoint_files, unpack_run
 from .runner import THREADS_CAP, run_cell
@@ -109,7 +109,7 @@ class RayCells:
     def wait(self, handles: list[Any]) -> list[Any]:
         """Write what the tasks stream back until at least one cell is whole."""
         import ray
-        from ray.exceptions import RayTaskError
+        from ray.exceptions import RayError, RayTaskError
 
         finished: list[Any] = []
         while not finished:
@@ -121,8 +121,12 @@ class RayCells:
                 except RayTaskError as err:  # the cell's own error, as the --jobs path raises it
                     cause = getattr(err, "cause", None)
                     raise (cause if isinstance(cause, Exception) else err) from None
+                except RayError as err:  # the worker died (out of memory, node lost): the cell resumes on a re-run
+                    first = (str(err).strip().splitlines() or [""])[0]
+                    raise FllabError(f"{out.name}: its Ray task failed ({type(err).__name__}: {first})") from None
                 if kind == "checkpoint":
-                    put_checkpoint_files(partial_of(out), files)
+                    if files:
+                        put_checkpoint_files(partial_of(out), files)
                     continue
                 claim.release()
                 unpack_run(out, files)
