@@ -55,6 +55,7 @@ set_option = click.option("--set", "overrides", multiple=True, metavar="PATH=VAL
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="no progress output on stderr")
 track_option = click.option("--track", metavar="BACKENDS", help="log to mlflow and/or tensorboard, e.g. --track mlflow,tensorboard (needs fllab[tracking])")
 json_option = click.option("--json", "as_json", is_flag=True, help="print machine-readable JSON on stdout")
+ray_address_option = click.option("--ray-address", metavar="ADDR", help="an existing Ray cluster (host:port, ray://host:10001 or auto); needs fllab[ray]")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -69,13 +70,15 @@ def main() -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="run directory (default runs/NAME-TIME)")
 @click.option("--overwrite", is_flag=True, help="replace an existing run directory")
 @click.option("--resume", is_flag=True, help="continue the interrupted run at --out (default: the newest runs/NAME-*) from its last checkpoint")
+@ray_address_option
 @quiet_option
 @track_option
 @json_option
 @guarded
-def run(scenario: Path, overrides: tuple[str, ...], out: Path | None, overwrite: bool, resume: bool, quiet: bool,
-        track: str | None, as_json: bool) -> None:
-    """Run SCENARIO and write its run directory (a scenario with a sweep block runs the sweep)."""
+def run(scenario: Path, overrides: tuple[str, ...], out: Path | None, overwrite: bool, resume: bool, ray_address: str | None,
+        quiet: bool, track: str | None, as_json: bool) -> None:
+    """Run SCENARIO and write its run directory (a scenario with a sweep block runs the sweep).
+    With --ray-address the clients train on that Ray cluster (executor ray)."""
     from .runner import has_sweep, run_scenario, run_sweep
     from .scenario.loader import load_raw
 
@@ -84,8 +87,13 @@ def run(scenario: Path, overrides: tuple[str, ...], out: Path | None, overwrite:
         _run_scorecard(data, out, quiet=quiet, as_json=as_json)
         return
     if has_sweep(data):
-        _report_sweep(*run_sweep(data, out, quiet=quiet), as_json=as_json)
+        _report_sweep(*run_sweep(data, out, quiet=quiet, ray_address=ray_address), as_json=as_json)
         return
+    if ray_address:
+        from .ray_sweep import check_ray
+
+        check_ray(ray_address)
+        data = on_ray_cluster(data, ray_address)
     run_dir, summary = run_scenario(data, out, quiet=quiet, overwrite=overwrite, protect=(scenario,), resume=resume)
     if as_json:
         click.echo(json.dumps({"run_dir": str(run_dir), **summary}))
@@ -108,31 +116,47 @@ def with_tracking(data: dict[str, Any], track: str | None) -> dict[str, Any]:
     return {**data, "tracking": {**(data.get("tracking") or {}), **backends}}
 
 
+def on_ray_cluster(data: dict[str, Any], address: str) -> dict[str, Any]:
+    """``data`` with its clients on the Ray cluster at ``address``: executor ray (keeping the
+    scenario's other ray settings when it already names ray) with that address."""
+    current = data.get("executor")
+    current = {"name": current} if isinstance(current, str) else current if isinstance(current, dict) else {}
+    kept = current if current.get("name") == "ray" else {}
+    return {**data, "executor": {**kept, "name": "ray", "address": address}}
+
+
 def _report_sweep(sweep_dir: Path, ran: int, total: int, *, as_json: bool) -> None:
+    from .rundir import REPORT_HTML
+
+    report = sweep_dir / REPORT_HTML
     if as_json:
-        click.echo(json.dumps({"sweep_dir": str(sweep_dir), "cells_run": ran, "cells_total": total}))
+        click.echo(json.dumps({"sweep_dir": str(sweep_dir), "cells_run": ran, "cells_total": total, "report": str(report)}))
     else:
-        click.echo(f"sweep: ran {ran} of {total} cells ({total - ran} already done) -> {sweep_dir / 'results.csv'}")
+        click.echo(f"sweep: ran {ran} of {total} cells ({total - ran} already done); results {sweep_dir / 'results.csv'}; report {report}")
 
 
 @main.command()
 @click.argument("scenario", type=click.Path(dir_okay=False, path_type=Path))
 @set_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="sweep directory (default runs/NAME-sweep)")
-@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="cells in N local worker processes")
+@click.option("--jobs", type=int, default=1, show_default=True, help="cells in N local worker processes (with --executor ray: the local Ray's CPUs)")
+@click.option("--executor", "where", type=str, help="where cells run: processes (this machine, --jobs) or ray (Ray tasks); default: the file's sweep.executor")
+@ray_address_option
 @quiet_option
 @track_option
 @json_option
 @guarded
-def sweep(scenario: Path, overrides: tuple[str, ...], out: Path | None, jobs: int, quiet: bool, track: str | None, as_json: bool) -> None:
-    """Run every cell of SCENARIO's sweep grid; finished cells are skipped on a re-run."""
+def sweep(scenario: Path, overrides: tuple[str, ...], out: Path | None, jobs: int, where: str | None, ray_address: str | None,
+          quiet: bool, track: str | None, as_json: bool) -> None:
+    """Run every cell of SCENARIO's sweep grid; finished cells are skipped on a re-run, and an
+    interrupted cell continues from its last checkpoint."""
     from .runner import run_sweep
     from .scenario.loader import load_raw
 
     data = with_tracking(load_raw(scenario, overrides), track)
     if not data.get("sweep"):
         raise ConfigError("the scenario has no sweep block; add sweep: {grid: {...}, seeds: [...]} or use fllab run", "sweep")
-    _report_sweep(*run_sweep(data, out, quiet=quiet, jobs=jobs), as_json=as_json)
+    _report_sweep(*run_sweep(data, out, quiet=quiet, jobs=jobs, executor=where, ray_address=ray_address), as_json=as_json)
 
 
 def _run_scorecard(data: dict[str, Any], out: Path | None, *, quiet: bool, as_json: bool) -> None:

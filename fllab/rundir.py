@@ -1,7 +1,10 @@
 """The run directory: its file names, how it is claimed, written and replaced, and its summary.
 
-One module owns the layout so that the runner, the CLI and the reports agree (issue 14).  The
-guarantees (issue 10):
+One module owns the layout so that the runner, the CLI and the reports agree (issue 14): the
+names, the writer (claiming, replacing, checkpoints, the final model) and the reader
+(:func:`load_run` into :class:`RunData`, which reports are rebuilt from; every file but the
+summary or the rounds is optional, a file that exists but does not parse is an error naming it).
+The guarantees (issue 10):
 
 * **Whole or absent.**  A run is written into ``<out>.partial`` and renamed to ``<out>`` when
   complete; files inside are written atomically (:mod:`fllab.io`).
@@ -18,6 +21,10 @@ guarantees (issue 10):
   (read back with ``weights_only=True``) and ``state.json``, written last, that names it with its
   SHA-256 -- the commit point, so a checkpoint is whole or the previous one.  ``--resume`` keeps
   the directory (:func:`writing_run`'s ``keep``); a finished run drops it (:func:`drop_checkpoint`).
+* **The final model.**  A finished run holds :data:`MODEL_FILE`, the final global model's
+  ``state_dict`` (plain tensors, loadable with ``torch.load(weights_only=True)``), written by
+  :func:`write_model`; ``summary.json`` records its SHA-256 under ``"model"`` and
+  :func:`load_model` checks it, so an attack can be run on a finished run without retraining.
 * **OS errors are one line.**  A directory that cannot be created (read-only, under a file,
   name too long, ``/proc``) is a :class:`ConfigError` naming the path and the cause; any parent
   created on the way is removed again.
@@ -34,11 +41,15 @@ import shutil
 import socket
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import numpy as np
+import yaml
+
 from .errors import ConfigError, FllabError
-from .io import atomic_write_bytes, atomic_write_json
+from .io import atomic_write_bytes, read_jsonl, read_text
 
 # ----------------------------------------------------------------------------------- names
 MARKER = ".fllab"  # marker + lock file of every directory fllab writes
@@ -50,6 +61,8 @@ ROUNDS = "rounds.jsonl"
 PARTITION = "partition.json"
 ATTACKS = "attacks.json"
 ARTEFACTS = "artefacts"
+REPORT_HTML = "report.html"  # written by fllab.report (and report.md beside it)
+MODEL_FILE = "model.pt"  # the final global model's state_dict (torch.save of plain tensors)
 BASELINE_DIR = "baseline"  # a single run's no-attack twin, inside its run directory
 CHECKPOINT = "checkpoint"  # an unfinished run's last checkpoint, inside <out>.partial
 CHECKPOINT_STATE = "state.json"  # the checkpoint's commit record (JSON state + tensor file name + SHA-256)
@@ -269,18 +282,220 @@ def writing_sweep(sweep_dir: Path) -> Iterator[Path]:
 
 
 # ----------------------------------------------------------------------------------- reading
-def read_summary(run_dir: Path) -> dict[str, Any] | None:
-    """The run's ``summary.json`` (None when the run has not finished)."""
-    path = run_dir / SUMMARY
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise FllabError(f"{path}: cannot read JSON ({exc})") from exc
+
+
+def _optional_json(path: Path, kind: type) -> Any:
+    """``path``'s JSON (None when the file is absent); one of another type is an error naming it."""
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise FllabError(f"{path}: cannot read JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise FllabError(f"{path}: expected a JSON object")
+    data = _read_json(path)
+    if not isinstance(data, kind):
+        raise FllabError(f"{path}: expected a JSON {kind.__name__}, found {type(data).__name__}")
     return data
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """The run's ``summary.json`` (None when the run has not finished)."""
+    return _optional_json(run_dir / SUMMARY, dict)
+
+
+FIGURES_MANIFEST = "figures.json"
+RECONSTRUCTION = "reconstruction.png"
+SCORES = "scores.csv"  # artefacts/<attack>/scores.csv: per-record membership scores
+_SCORES_HEADER = "index,is_member,score"
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Per-record scores of a membership attack or audit (higher = member) and the truth."""
+
+    score: np.ndarray  # float64 (n,)
+    is_member: np.ndarray  # bool (n,)
+
+
+def scores_csv(score: Any, is_member: Any) -> bytes:
+    """The :data:`SCORES` file of per-record scores and their membership truth (what the engine
+    writes for every membership attack and audit)."""
+    lines = [_SCORES_HEADER] + [f"{i},{int(m)},{float(s)!r}" for i, (m, s) in enumerate(zip(is_member, score))]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def read_scores(path: Path) -> Scores:
+    """Parse a :data:`SCORES` file; a malformed one is an error naming the file."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        if not lines or lines[0].strip() != _SCORES_HEADER:
+            raise ValueError(f"the header is not {_SCORES_HEADER!r}")
+        rows = [line.split(",") for line in lines[1:] if line.strip()]
+        return Scores(np.array([float(r[2]) for r in rows]), np.array([r[1].strip() == "1" for r in rows], dtype=bool))
+    except (OSError, UnicodeDecodeError, ValueError, IndexError) as exc:
+        raise FllabError(f"{path}: cannot read membership scores ({exc})") from exc
+
+
+def attack_scores(run_dir: Path) -> dict[str, Scores]:
+    """``artefacts/<attack>/scores.csv`` of every attack that wrote one, by attack name."""
+    artefacts = run_dir / ARTEFACTS
+    if not artefacts.is_dir():
+        return {}
+    return {d.name: read_scores(d / SCORES) for d in sorted(artefacts.iterdir()) if (d / SCORES).is_file()}
+
+
+def defense_names(run_dir: Path) -> list[str] | None:
+    """Names of the defenses in ``config.resolved.yaml`` (None when the file is absent or unreadable)."""
+    path = run_dir / CONFIG
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    defenses = config.get("defenses") or []
+    return [str(d.get("name") if isinstance(d, dict) else d) for d in defenses]
+
+
+@dataclass
+class ArtefactFigure:
+    """An image some attack asked to show: ``path`` is absolute, ``rel`` relative to the run dir."""
+
+    title: str
+    path: Path
+    rel: str
+    caption: str = ""
+
+
+@dataclass
+class RunData:
+    """Everything a run report shows, as loaded from disk."""
+
+    path: Path
+    summary: dict[str, Any] = field(default_factory=dict)
+    config_text: str | None = None
+    env: dict[str, Any] = field(default_factory=dict)
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    partition: dict[str, Any] | None = None
+    attacks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    figures: list[ArtefactFigure] = field(default_factory=list)
+    artefact_files: list[str] = field(default_factory=list)
+    scores: dict[str, Scores] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return str(self.summary.get("name") or self.path.name)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        metrics = self.summary.get("metrics")
+        return metrics if isinstance(metrics, dict) else {}
+
+
+def _inside(base: Path, candidate: Path) -> bool:
+    try:
+        candidate.resolve().relative_to(base.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def _figure_path(run_dir: Path, raw: str) -> Path | None:
+    """Resolve a manifest path against ``artefacts/`` then the run dir, refusing paths outside it."""
+    for base in (run_dir / ARTEFACTS, run_dir):
+        candidate = base / raw
+        if candidate.is_file() and _inside(run_dir, candidate):
+            return candidate
+    return None
+
+
+def _artefact_figures(run_dir: Path) -> list[ArtefactFigure]:
+    from .report.output import IMAGE_SUFFIXES as image_suffixes  # the report's media types (jinja2 loads only here)
+
+    manifest = _optional_json(run_dir / ARTEFACTS / FIGURES_MANIFEST, list) or []
+    figures = []
+    for entry in manifest:
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+            raise FllabError(f"{run_dir / ARTEFACTS / FIGURES_MANIFEST}: each entry needs a 'path' string")
+        path = _figure_path(run_dir, entry["path"])
+        if path is None or path.suffix.lower() not in image_suffixes:
+            continue  # a figure that was never written, or is no image: show the rest
+        rel = path.relative_to(run_dir).as_posix()
+        figures.append(ArtefactFigure(str(entry.get("title") or path.stem), path, rel, str(entry.get("caption") or "")))
+    return figures
+
+
+def load_run(run_dir: str | Path) -> RunData:
+    """Load ``run_dir``; raises :class:`FllabError` when it holds neither a summary nor rounds."""
+    path = Path(run_dir)
+    summary = _optional_json(path / SUMMARY, dict)
+    rounds = read_jsonl(path / ROUNDS)
+    if summary is None and not rounds:
+        raise FllabError(f"{path}: not a run directory (no {SUMMARY} or {ROUNDS})")
+    artefacts = path / ARTEFACTS
+    artefact_files = sorted(
+        p.relative_to(path).as_posix() for p in artefacts.rglob("*") if p.is_file()
+    ) if artefacts.is_dir() else []
+    config = path / CONFIG
+    return RunData(
+        path=path,
+        summary=summary or {},
+        config_text=read_text(config) if config.is_file() else None,
+        env=_optional_json(path / ENV, dict) or {},
+        rounds=[r for r in rounds if isinstance(r.get("round"), int)],
+        partition=_optional_json(path / PARTITION, dict),
+        attacks=_optional_json(path / ATTACKS, dict) or {},
+        figures=_artefact_figures(path),
+        artefact_files=artefact_files,
+        scores=attack_scores(path),
+    )
+
+
+# ----------------------------------------------------------------------------------- final model
+def _torch_bytes(obj: Any) -> bytes:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def write_model(run_dir: Path, state_dict: dict[str, Any]) -> dict[str, str]:
+    """Write ``state_dict`` (copied to the CPU, plain tensors) as ``run_dir``'s :data:`MODEL_FILE`
+    atomically; return the record ``summary.json`` keeps under ``"model"``: file name and SHA-256."""
+    blob = _torch_bytes({name: t.detach().cpu().clone() for name, t in state_dict.items()})
+    atomic_write_bytes(run_dir / MODEL_FILE, blob)
+    return {"file": MODEL_FILE, "sha256": hashlib.sha256(blob).hexdigest()}
+
+
+def load_model(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The final global model's ``state_dict`` of the finished run ``run_dir`` (on the CPU), read
+    with ``torch.load(weights_only=True)`` and checked against the SHA-256 in its summary.  A run
+    without one (unfinished, or written before fllab saved models) or a file that does not match
+    is a ConfigError naming the file.  Load it with ``model.load_state_dict(load_model(run_dir))``
+    into the model the run's ``config.resolved.yaml`` describes."""
+    import torch
+
+    run_dir = Path(run_dir)
+    path = run_dir / MODEL_FILE
+    summary = read_summary(run_dir)
+    if summary is None or not path.is_file():
+        raise ConfigError(f"{path} does not exist: {run_dir} is not a finished run that saved its model", "run_dir")
+    try:
+        blob = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"cannot read {os_error_line(err, path)}", "run_dir") from None
+    expected = (summary.get("model") or {}).get("sha256") if isinstance(summary.get("model"), dict) else None
+    if expected is not None and hashlib.sha256(blob).hexdigest() != expected:
+        raise ConfigError(f"{path} does not match the SHA-256 recorded in {run_dir / SUMMARY}", "run_dir")
+    try:
+        state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except Exception as err:  # not a torch file, or not plain tensors (pickle.UnpicklingError, RuntimeError)
+        raise ConfigError(f"{path}: not a saved state_dict ({type(err).__name__})", "run_dir") from None
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise ConfigError(f"{path}: not a state_dict of tensors", "run_dir")
+    return state
 
 
 # ----------------------------------------------------------------------------------- checkpoints
@@ -288,18 +503,53 @@ def write_checkpoint(partial: Path, record: dict[str, Any], tensors: list[Any]) 
     """Replace ``partial``'s checkpoint: the tensors go to ``tensors-<round>.pt`` first, then
     ``state.json`` (``record`` plus that file's name and SHA-256) is renamed into place, then
     older tensor files are removed.  A crash at any point leaves this or the previous checkpoint."""
-    import torch
-
-    folder = partial / CHECKPOINT
     name = f"tensors-{int(record['round'])}.pt"
-    buf = io.BytesIO()
-    torch.save(list(tensors), buf)
-    blob = buf.getvalue()
-    atomic_write_bytes(folder / name, blob)
-    atomic_write_json(folder / CHECKPOINT_STATE, {**record, "tensors": name, "sha256": hashlib.sha256(blob).hexdigest()})
+    blob = _torch_bytes(list(tensors))
+    state = json.dumps({**record, "tensors": name, "sha256": hashlib.sha256(blob).hexdigest()}).encode()
+    put_checkpoint_files(partial, {name: blob, CHECKPOINT_STATE: state})
+
+
+def put_checkpoint_files(partial: Path, files: dict[str, bytes]) -> None:
+    """Replace ``partial``'s checkpoint by ``files`` (:func:`checkpoint_files` of another run
+    directory, e.g. a Ray worker's): the tensor file first, ``state.json`` last (the commit),
+    then older tensor files are removed."""
+    folder = partial / CHECKPOINT
+    for name, blob in files.items():
+        if name != CHECKPOINT_STATE:
+            atomic_write_bytes(folder / Path(name).name, blob)
+    atomic_write_bytes(folder / CHECKPOINT_STATE, files[CHECKPOINT_STATE])
     for old in folder.glob("tensors-*.pt"):
-        if old.name != name:
+        if old.name not in files:
             old.unlink(missing_ok=True)
+
+
+def checkpoint_files(partial: Path) -> dict[str, bytes]:
+    """``partial``'s last committed checkpoint as ``{file name: bytes}`` (``state.json`` and the
+    tensor file it names; empty when there is none), for :func:`put_checkpoint_files` elsewhere."""
+    folder = partial / CHECKPOINT
+    try:
+        state = (folder / CHECKPOINT_STATE).read_bytes()
+        name = Path(str(json.loads(state)["tensors"])).name
+        return {name: (folder / name).read_bytes(), CHECKPOINT_STATE: state}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}  # none, or not whole: read_checkpoint names what is wrong when the run resumes
+
+
+def pack_run(run_dir: Path) -> dict[str, bytes]:
+    """Every file of the finished run ``run_dir`` but its marker, as ``{relative path: bytes}``."""
+    return {p.relative_to(run_dir).as_posix(): p.read_bytes() for p in sorted(run_dir.rglob("*"))
+            if p.is_file() and p.name != MARKER}
+
+
+def unpack_run(out: Path, files: dict[str, bytes]) -> None:
+    """Write a :func:`pack_run` of a run made elsewhere as the run directory ``out``: whole or
+    absent (:func:`writing_run`; an older ``out`` is replaced), each file atomically."""
+    with writing_run(out, overwrite=True) as partial:
+        for rel, blob in files.items():
+            target = partial / rel
+            if not _inside(partial, target):
+                raise FllabError(f"refusing to write {rel!r} outside {out}")
+            atomic_write_bytes(target, blob)
 
 
 def read_checkpoint(partial: Path) -> tuple[dict[str, Any], list[Any]] | None:

@@ -43,39 +43,17 @@ from . import __version__, tracking
 from .errors import ConfigError, FllabError
 from .io import append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_jsonl, atomic_write_text, atomic_write_yaml
 from .limits import allocation_error, check_memory, check_work
+from .progress import Progress, shown
 from .rundir import (
     ARTEFACTS, ATTACKS, BASELINE_DIR, CELLS_DIR, CELLS_FILE, CHECKPOINT, CONFIG, ENV, MARKER, PARTIAL_SUFFIX, PARTITION,
     RESULTS, ROUNDS, SUMMARY, SWEEP_BASELINES, SWEEP_FILE, check_out, check_resumable, drop_checkpoint, latest_partial,
-    os_error_line, partial_of, read_summary, writing_run, writing_sweep,
+    os_error_line, partial_of, read_summary, write_model, writing_run, writing_sweep,
 )
 from .scenario.build import Setup, resolve
 from .scenario.loader import expand_sweep, validate_schema
 from .seeding import derive_seed
 from .training.engine import Engine
 from .training.wiring import pick_device
-
-
-class Progress:
-    """A tqdm bar on stderr, or nothing when quiet."""
-
-    def __init__(self, total: int, desc: str, quiet: bool):
-        self.bar = None
-        if not quiet:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
-
-    def __call__(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def note(self, **values: Any) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix({k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in values.items()})
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 #: environment variable holding a worker process's share of the cores (see :func:`torch_threads`)
@@ -160,15 +138,22 @@ def baseline_setup(setup: Setup) -> Setup:
     return resolve(validate_schema(data))
 
 
-def cached_run(setup: Setup, run_dir: Path, *, quiet: bool, resume: bool = False) -> dict[str, Any]:
+def cached_run(setup: Setup, run_dir: Path, *, quiet: bool, resume: bool = False, **options: Any) -> dict[str, Any]:
     """The summary of ``run_dir`` when it holds a finished run of exactly ``setup``'s config;
     otherwise run ``setup`` there (atomically; with ``resume``, from its checkpoint when an
-    interrupted run left one) and return its summary."""
+    interrupted run left one) and return its summary.  ``options`` go to :func:`execute`."""
     summary, config = read_summary(run_dir), run_dir / CONFIG
     if summary is not None and config.is_file() and yaml.safe_load(config.read_text()) == setup.resolved:
         return summary
-    resume = resume and not run_dir.exists() and partial_of(run_dir).is_dir()
-    return execute(setup, run_dir, quiet=quiet, overwrite=not resume, report=False, resume=resume)
+    return run_cell(setup, run_dir, quiet=quiet, resume=resume, **options)
+
+
+def run_cell(setup: Setup, out: Path, *, quiet: bool, resume: bool = True, **options: Any) -> dict[str, Any]:
+    """Run ``setup`` into ``out`` as a sweep runs its cells: without a report, replacing an older
+    ``out``, and (with ``resume``) continuing from the last checkpoint when an interrupted run
+    left ``out.partial`` (from round 0 when it holds none).  ``options`` go to :func:`execute`."""
+    resume = resume and not out.exists() and partial_of(out).is_dir()
+    return execute(setup, out, quiet=quiet, overwrite=not resume, report=False, resume=resume, **options)
 
 
 def baseline_metrics(accuracy: float, twin: dict[str, Any]) -> dict[str, float]:
@@ -216,9 +201,11 @@ def diverged(result: Any) -> bool:
 def execute(
     setup: Setup, out: Path, *, quiet: bool = True, overwrite: bool = False, report: bool = True,
     baseline: BaselineProvider | None = None, protect: Sequence[str | os.PathLike] = (), resume: bool = False,
+    label: str | None = None, on_checkpoint: Callable[[Path], None] | None = None,
 ) -> dict[str, Any]:
     """Run a resolved scenario and write its run directory (:func:`fllab.rundir.writing_run`);
-    return the summary.
+    return the summary.  ``label`` names the progress bar (default: the scenario's name);
+    ``on_checkpoint(partial)`` is called after each checkpoint is written.
 
     ``resume``: continue the interrupted run in ``<out>.partial`` from its last checkpoint
     (:mod:`fllab.checkpoint`; from round 0 when it has none), its no-attack twin likewise.
@@ -240,7 +227,7 @@ def execute(
         with writing_run(out, overwrite=overwrite, protect=protect, keep=keep) as partial:
             try:
                 summary = _train(setup, engine, partial, device, t0, quiet=quiet, report=report, baseline=baseline,
-                                 twin_setup=twin_setup, resume=resume)
+                                 twin_setup=twin_setup, resume=resume, label=label, on_checkpoint=on_checkpoint)
             except OSError as err:
                 raise FllabError(f"{os_error_line(err)} (the unfinished run is left in {partial})") from None
     if summary["status"] == "diverged":
@@ -250,7 +237,8 @@ def execute(
 
 def _train(
     setup: Setup, engine: Engine, partial: Path, device: str, t0: float, *, quiet: bool, report: bool,
-    baseline: BaselineProvider | None, twin_setup: Setup | None, resume: bool = False,
+    baseline: BaselineProvider | None, twin_setup: Setup | None, resume: bool = False, label: str | None = None,
+    on_checkpoint: Callable[[Path], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``setup`` into the claimed ``partial`` directory; return the summary."""
     from . import checkpoint
@@ -271,12 +259,17 @@ def _train(
     tracker = tracking.from_config(sc.tracking, sc.name)
     atomic_write_yaml(partial / CONFIG, setup.resolved)
     atomic_write_json(partial / ENV, env_info(setup, device))
-    bar = Progress(sc.federation.rounds, sc.name, quiet)
+    bar = Progress(sc.federation.rounds, label or sc.name, quiet)
     rounds_path = partial / ROUNDS
     if snap is not None:  # the records up to the checkpoint; later ones are trained again
         atomic_write_jsonl(rounds_path, snap.rounds)
     if sc.checkpoint.every:
-        engine.save = lambda s: checkpoint.save(partial, setup, s)
+        def save(snap: Any) -> None:
+            checkpoint.save(partial, setup, snap)
+            if on_checkpoint is not None:
+                on_checkpoint(partial)
+
+        engine.save = save
     if tracker:
         tracker.on_start(partial, setup.resolved)
 
@@ -289,10 +282,12 @@ def _train(
 
     engine.on_round, engine.progress = on_round, bar
     try:
-        result = engine.run()
+        with shown(not quiet):  # bars inside the run, e.g. an attack's reference models
+            result = engine.run()
     finally:
         bar.close()
     drop_checkpoint(partial)
+    model = write_model(partial, engine.server.final_model().state_dict())
     metrics = {**result.metrics, "run.seconds": time.perf_counter() - t0}
     if twin is not None:
         metrics.update(baseline_metrics(result.metrics["utility.accuracy"], twin[0]))
@@ -308,6 +303,7 @@ def _train(
     summary = {"name": sc.name, "seed": sc.seed, "status": "diverged" if diverged(result) else "ok", "metrics": metrics}
     if twin is not None:
         summary["baseline"] = twin[1]
+    summary["model"] = model
     atomic_write_json(partial / SUMMARY, summary)
     if report:
         from .report import build_report
@@ -422,6 +418,16 @@ class SweepRun:
     def cell_dir(self, i: int) -> Path:
         return self.dir / CELLS_DIR / self.cells[i][0]
 
+    def label(self, i: int) -> str:
+        """Cell ``i`` as progress names it: its swept values (``k=v`` pairs) and seed."""
+        _, values, seed, _ = self.cells[i]
+        pairs = [f"{k}={json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in values.items()]
+        return " ".join(["cell", *pairs, f"seed={seed}"])
+
+    def finished(self) -> int:
+        """Cells whose run directory is whole."""
+        return sum((self.cell_dir(i) / SUMMARY).is_file() for i in range(len(self.cells)))
+
     def summary(self, i: int) -> dict[str, Any]:
         """Cell ``i``'s summary, running the cell first when it has none."""
         summary = read_summary(self.cell_dir(i))
@@ -435,7 +441,7 @@ class SweepRun:
         cid, values, seed, setup = self.cells[i]
         out = self.cell_dir(i)
         if not self.quiet:
-            print(f"[{i + 1}/{len(self.cells)}] {cid} {values}", file=sys.stderr)
+            print(f"[{self.finished()}/{len(self.cells)} cells done] running {self.label(i)}", file=sys.stderr)
         if isinstance(setup, str):  # refused combination: recorded, never trained
             with writing_run(out, overwrite=True) as partial:
                 atomic_write_json(partial / SUMMARY, {"name": self.name, "seed": seed, "status": "skipped", "reason": setup, "metrics": {}})
@@ -443,7 +449,7 @@ class SweepRun:
             self.summary(self.first[i])
             copy_run(self.cell_dir(self.first[i]), out)
         else:
-            execute(setup, out, quiet=self.quiet, overwrite=True, report=False, baseline=self.baseline)
+            run_cell(setup, out, quiet=self.quiet, baseline=self.baseline, label=self.label(i))
         self.ran += 1
         write_results_csv(self.dir, self.cells)
 
@@ -454,7 +460,7 @@ class SweepRun:
         if key in self.clean:
             j = self.clean[key]
             return self.summary(j), f"../{self.cells[j][0]}"
-        twin = cached_run(baseline_setup(setup), self.dir / SWEEP_BASELINES / key, quiet=self.quiet)
+        twin = cached_run(baseline_setup(setup), self.dir / SWEEP_BASELINES / key, quiet=self.quiet, resume=True)
         return twin, f"../../{SWEEP_BASELINES}/{key}"
 
     def run(self) -> int:
@@ -464,12 +470,29 @@ class SweepRun:
         return self.ran
 
 
-def run_sweep(data: dict[str, Any], out: Path | None = None, *, quiet: bool = True, jobs: int = 1) -> tuple[Path, int, int]:
-    """Run every cell not yet finished (in ``jobs`` worker processes when more than one:
-    :mod:`fllab.parallel_sweep`); return (sweep dir, cells run now, cells total).  The sweep
-    directory is claimed (locked) for the whole sweep, each cell's run directory while it runs."""
+def run_sweep(
+    data: dict[str, Any], out: Path | None = None, *, quiet: bool = True, jobs: int = 1, executor: str | None = None,
+    ray_address: str | None = None,
+) -> tuple[Path, int, int]:
+    """Run every cell not yet finished; return (sweep dir, cells run now, cells total).  Cells run
+    here when ``jobs`` is 1, in ``jobs`` worker processes when more (:mod:`fllab.parallel_sweep`),
+    or as Ray tasks with ``executor="ray"`` (default: the file's ``sweep.executor``; implied by
+    ``ray_address``; :mod:`fllab.ray_sweep`).  An interrupted cell continues from its last
+    checkpoint.  The sweep directory is claimed (locked) for the whole sweep, each cell's run
+    directory while it runs."""
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"--jobs must be a whole number of at least 1, not {jobs!r}", "--jobs")
     scenario = validate_schema(data)
+    where = executor or ("ray" if ray_address else scenario.sweep.executor if scenario.sweep else "processes")
+    if where not in ("processes", "ray"):
+        raise ConfigError(f"--executor must be processes or ray, not {where!r}", "--executor")
+    if ray_address and where != "ray":
+        raise ConfigError("--ray-address runs the cells on Ray; it cannot go with --executor processes", "--ray-address")
     cells = resolve_cells(data)
+    if where == "ray":
+        from .ray_sweep import check_ray
+
+        check_ray(ray_address)  # before anything is written
     sweep_dir = Path(out) if out is not None else Path("runs") / f"{scenario.name}-sweep"
     previous = sweep_dir / SWEEP_FILE
     if previous.is_file() and not same_sweep(yaml.safe_load(previous.read_text(encoding="utf-8")), data):
@@ -478,10 +501,16 @@ def run_sweep(data: dict[str, Any], out: Path | None = None, *, quiet: bool = Tr
         atomic_write_yaml(previous, data)
         atomic_write_json(sweep_dir / CELLS_FILE, [{"cell": c, "values": v, "seed": s} for c, v, s, _ in cells])
         try:
-            if jobs > 1:
-                from .parallel_sweep import ParallelSweep
+            if where == "ray" or jobs > 1:
+                from .parallel_sweep import ParallelSweep, ProcessCells
 
-                ran = ParallelSweep(sweep_dir, scenario.name, cells, quiet=quiet, jobs=jobs).run()
+                if where == "ray":
+                    from .ray_sweep import RayCells
+
+                    pool: Any = RayCells(ray_address, jobs)
+                else:
+                    pool = ProcessCells(jobs)
+                ran = ParallelSweep(sweep_dir, scenario.name, cells, quiet=quiet, pool=pool).run()
             else:
                 ran = SweepRun(sweep_dir, scenario.name, cells, quiet=quiet).run()
             from .report import build_sweep_report
@@ -494,8 +523,15 @@ def run_sweep(data: dict[str, Any], out: Path | None = None, *, quiet: bool = Tr
 
 def same_sweep(stored: Any, data: dict[str, Any]) -> bool:
     """Whether the ``sweep.yaml`` a sweep directory holds describes ``data`` (compared as written,
-    so values YAML and JSON spell differently, like ``.inf``, still match)."""
-    return json.dumps(stored, sort_keys=True, default=str) == json.dumps(yaml.safe_load(dump_yaml(data)), sort_keys=True, default=str)
+    so values YAML and JSON spell differently, like ``.inf``, still match; ``sweep.executor``
+    aside)."""
+    def identity(obj: Any) -> str:
+        obj = copy.deepcopy(obj)
+        if isinstance(obj, dict) and isinstance(obj.get("sweep"), dict):
+            obj["sweep"].pop("executor", None)  # where the cells run does not change them
+        return json.dumps(obj, sort_keys=True, default=str)
+
+    return identity(stored) == identity(yaml.safe_load(dump_yaml(data)))
 
 
 def has_sweep(data: dict[str, Any]) -> bool:

@@ -29,7 +29,7 @@ def test_run_writes_the_run_directory(tmp_path, tiny, write_yaml):
     for name in ("config.resolved.yaml", "env.json", "rounds.jsonl", "summary.json", "partition.json", "report.md", "report.html"):
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) == {"name", "seed", "status", "metrics"}
+    assert set(summary) == {"name", "seed", "status", "metrics", "model"}
     assert 0.0 <= summary["metrics"]["utility.accuracy"] <= 1.0
     assert summary["metrics"]["run.seconds"] > 0
     assert len((out / "rounds.jsonl").read_text().splitlines()) == tiny["federation"]["rounds"]
@@ -210,3 +210,47 @@ def test_validate_counts_skipped_cells_like_sweep(tiny, write_yaml):
     tiny["sweep"] = {"skip_invalid": True, "cases": {"agg": {"krum_f_too_large": {"aggregator": {"name": "krum", "f": 50}}}}}
     res = invoke("validate", str(write_yaml(tiny, "all_refused.yaml")))
     assert res.exit_code == 2 and "every one of the 1 sweep cells is refused" in res.output
+
+
+def test_finished_run_holds_its_final_model(tmp_path, tiny, write_yaml):
+    """model.pt is the final global model: loaded into the network its config describes, it
+    scores the run's own accuracy; a file that does not match its recorded SHA-256 is refused."""
+    import hashlib
+
+    import torch
+    import yaml as _yaml
+
+    from fllab.errors import ConfigError
+    from fllab.rundir import MODEL_FILE, load_model
+    from fllab.scenario.build import resolve
+    from fllab.scenario.loader import validate_schema
+    from fllab.training.engine import Engine
+    from fllab.training.local import evaluate
+
+    out = tmp_path / "run"
+    assert invoke("run", str(write_yaml(tiny)), "--out", str(out), "-q").exit_code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    blob = (out / MODEL_FILE).read_bytes()
+    assert summary["model"] == {"file": MODEL_FILE, "sha256": hashlib.sha256(blob).hexdigest()}
+    state = load_model(out)
+    assert state.keys() == torch.load(out / MODEL_FILE, weights_only=True).keys()
+    engine = Engine(resolve(validate_schema(_yaml.safe_load((out / "config.resolved.yaml").read_text()))))
+    engine.prepare()
+    model = engine.federation.server_model
+    model.load_state_dict(state)
+    assert evaluate(model, engine.federation.test)["accuracy"] == summary["metrics"]["utility.accuracy"]
+    (out / MODEL_FILE).write_bytes(blob[:-1] + bytes([blob[-1] ^ 1]))
+    with pytest.raises(ConfigError, match="does not match the SHA-256"):
+        load_model(out)
+    with pytest.raises(ConfigError, match="not a finished run"):
+        load_model(tmp_path)
+
+
+def test_lira_reference_training_shows_progress_unless_quiet(tmp_path, tiny, write_yaml):
+    """The minutes a LiRA cell spends on its reference models have a bar on stderr (none with --quiet)."""
+    tiny["attacks"] = [{"name": "lira", "members": 40, "num_models": 2, "epochs": 1, "mode": "offline"}]
+    path = str(write_yaml(tiny))
+    loud = invoke("run", path, "--out", str(tmp_path / "loud"))
+    assert loud.exit_code == 0 and "2 reference models" in loud.stderr, loud.stderr
+    quiet = invoke("run", path, "--out", str(tmp_path / "quiet"), "-q")
+    assert quiet.exit_code == 0 and "reference models" not in quiet.stderr

@@ -152,3 +152,21 @@ def test_jobs_zero_is_a_usage_error(tmp_path, tiny):
     path.write_text(yaml.safe_dump(tiny))
     res = CliRunner().invoke(main, ["sweep", str(path), "--jobs", "0", "--out", str(tmp_path / "sw")])
     assert res.exit_code == 2 and "--jobs" in res.output and not (tmp_path / "sw").exists()
+
+
+def test_sweep_progress_names_the_cells_and_the_end_line_the_report(tmp_path, tiny):
+    from click.testing import CliRunner
+
+    from fllab.cli import main
+
+    tiny["sweep"] = {"grid": {"algorithm.lr": [0.05, 0.2]}}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(tiny))
+    res = CliRunner().invoke(main, ["sweep", str(path), "--out", str(tmp_path / "sw")])
+    assert res.exit_code == 0, res.output
+    assert "[0/2 cells done] running cell algorithm.lr=0.05 seed=0" in res.stderr
+    assert "[1/2 cells done] running cell algorithm.lr=0.2 seed=0" in res.stderr
+    last = res.stdout.strip().splitlines()[-1]
+    assert last.endswith(f"report {tmp_path / 'sw' / 'report.html'}") and (tmp_path / "sw" / "report.html").is_file()
+    quiet = CliRunner().invoke(main, ["sweep", str(path), "--out", str(tmp_path / "sw2"), "--quiet"])
+    assert quiet.exit_code == 0 and "cells done" not in quiet.stderr

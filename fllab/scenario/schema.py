@@ -94,6 +94,11 @@ class SweepCfg(Strict):
     skip_invalid: bool = Field(
         False, description="record cells whose combination is refused (e.g. an attack the algorithm cannot host) as skipped"
     )
+    executor: Literal["processes", "ray"] = Field(
+        "processes",
+        description="where cells run: processes = this machine (fllab sweep --jobs N), ray = Ray tasks, one cell each "
+        "(a local Ray started for the sweep, or the cluster at fllab sweep --ray-address)",
+    )
 
     @field_validator("grid", "cases")
     @classmethod

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 from torch.func import functional_call, vmap
 
+from .. import progress
 from ..models.flat import flatten_params
 from ..seeding import derive_seed, torch_gen
 from .local import batch_order, steps_for
@@ -173,14 +174,18 @@ def train_ensemble(
     if flat.shape != (k, model.num_params):
         raise ValueError(f"init must be ({k}, {model.num_params}), got {tuple(flat.shape)}")
     plan = batch_schedule(masks, batch_size, epochs, seed)
-    params, _ = run_sgd(model, x, y, flat, plan, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    steps = progress.bar(int(plan.index.shape[0]), f"{k} reference models")  # minutes of silence otherwise
+    try:
+        params, _ = run_sgd(model, x, y, flat, plan, lr=lr, momentum=momentum, weight_decay=weight_decay, on_step=steps)
+    finally:
+        steps.close()
     return Ensemble(model, params, masks)
 
 
 def run_sgd(
     model: VictimModel, x: Tensor, y: Tensor, flat: Tensor, plan: BatchSchedule, *, lr: float, momentum: float = 0.0,
     weight_decay: float = 0.0, track_loss: bool = False, engine: Callable[..., Any] | None = None,
-    scale: Tensor | None = None,
+    scale: Tensor | None = None, on_step: Callable[[], Any] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """SGD of K models from weights ``flat`` (K, d) on the pool ``(x, y)`` along ``plan``; returns
     the final (K, d) weights and, with ``track_loss``, each model's mean mini-batch loss over its
@@ -190,7 +195,8 @@ def run_sgd(
     ``engine`` and ``scale`` replace the gradient: ``engine(model, flat, x, y)`` builds the
     gradient engine (default :class:`StackedMLP` where it applies, else :class:`VmapGradient`)
     and ``scale`` (T, K, B) the weight of every batch slot (default each model's batch mean);
-    DP-SGD (:mod:`fllab.training.dp_stacked`) passes its clipping engine and ``1 / (q n)``."""
+    DP-SGD (:mod:`fllab.training.dp_stacked`) passes its clipping engine and ``1 / (q n)``.
+    ``on_step()`` is called after every step (progress)."""
     index, weight = plan.index.to(x.device), plan.weight.to(device=x.device, dtype=x.dtype)
     # A frozen model still runs (on record 0, weight 1, so its loss stays finite) but takes no step.
     weight[~plan.active] = 1.0
@@ -229,6 +235,8 @@ def run_sgd(
             else:
                 rates = [step_size[t].view(shape) for shape in per_model]
                 torch._foreach_sub_(params, torch._foreach_mul(grads, rates))
+        if on_step is not None:
+            on_step()
     losses = total / active.sum(dim=0) if track_loss else None
     return grad_fn.flat(), losses
 
