@@ -59,16 +59,20 @@ def run(scenario: Any, out: Any = None, *, overrides: Sequence[str] = (), quiet:
     return run_scenario(data, out, quiet=quiet, overwrite=overwrite, protect=protect, resume=resume)
 
 
-def sweep(scenario: Any, out: Any = None, *, overrides: Sequence[str] = (), quiet: bool = True):
+def sweep(
+    scenario: Any, out: Any = None, *, overrides: Sequence[str] = (), quiet: bool = True, jobs: int = 1,
+    executor: str | None = None, ray_address: str | None = None,
+):
     """Run every unfinished cell of a scenario's sweep, like ``fllab sweep``; return the sweep
     directory (``results.csv``, ``aggregate.csv`` with several seeds, ``report.html``, ``cells/``).
-    Read its results with :func:`load_results`."""
+    ``jobs``, ``executor`` (``processes`` or ``ray``) and ``ray_address`` are the CLI's
+    ``--jobs``, ``--executor`` and ``--ray-address``.  Read its results with :func:`load_results`."""
     from .runner import has_sweep, run_sweep
 
     data = _scenario_data(scenario, overrides)
     if not has_sweep(data):
         raise ConfigError("the scenario has no sweep block; add sweep: {grid: {...}, seeds: [...]} or use fllab.run()", "sweep")
-    return run_sweep(data, out, quiet=quiet)[0]
+    return run_sweep(data, out, quiet=quiet, jobs=jobs, executor=executor, ray_address=ray_address)[0]
 
 
 def validate(scenario: Any, *, overrides: Sequence[str] = (), data: bool = True) -> dict[str, Any]:
