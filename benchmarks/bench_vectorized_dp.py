@@ -37,14 +37,41 @@ from fllab.privacy.accounting import SPENT
 from fllab.training.local import steps_for
 from fllab.scenario.build import resolve
 from fllab.scenario.loader import validate_schema
+from fllab.training import dp_stacked
 from fllab.training.engine import Engine
 
 ROOT = Path(__file__).resolve().parents[1]
 DP = {"name": "dp_sgd", "noise_multiplier": 1.0, "max_grad_norm": 1.0}
 
 
-def timed(executor: str, dp: bool, rounds: int, accountant: str) -> tuple[float, float, float]:
+def _block_next(self: dp_stacked._Noise) -> torch.Tensor:
+    """Variant draw (measured here, not shipped): one ``torch.randn`` per client per round, (steps,
+    d) normals times its std -- the same N(0, std^2) per coordinate from the same seeded
+    generator, but not Opacus's stream, so not the serial executor's trajectory."""
+    if self.t == 0:
+        steps, (k, d) = len(self.active), self.buffer.shape
+        self.block = torch.zeros(steps, k, d, dtype=self.buffer.dtype)
+        for j, gen in enumerate(self.gens):
+            taken = sum(row[j] for row in self.active)
+            if taken and self.stds[j] > 0:
+                self.block[:taken, j] = torch.randn(taken, d, generator=gen, dtype=self.buffer.dtype).mul_(self.stds[j])
+    self.t += 1
+    return self.block[self.t - 1]
+
+
+def _no_next(self: dp_stacked._Noise) -> torch.Tensor:
+    """Variant (a floor, not private): no noise drawn at all."""
+    self.t += 1
+    return self.buffer
+
+
+#: How the vectorized executor's DP noise is drawn: the shipped Opacus-identical draw and two variants.
+NOISE = {"opacus": dp_stacked._Noise.next, "block": _block_next, "none": _no_next}
+
+
+def timed(executor: str, dp: bool, rounds: int, accountant: str, noise: str = "opacus") -> tuple[float, float, float]:
     """(training seconds per round, whole-round seconds per round, final accuracy), rounds 1.. timed."""
+    dp_stacked._Noise.next = NOISE[noise]
     data = copy.deepcopy(MLP)
     data["federation"]["rounds"] = rounds
     data.pop("threads", None)
@@ -70,7 +97,21 @@ def timed(executor: str, dp: bool, rounds: int, accountant: str) -> tuple[float,
             server.round(rnd, map_)
     finally:
         ex.close()
+        dp_stacked._Noise.next = NOISE["opacus"]
     return spent[0] / (rounds - 1), (time.perf_counter() - t0) / (rounds - 1), server.last_eval["accuracy"]
+
+
+def noise_variants(rounds: int, repeats: int, accountant: str) -> list[str]:
+    """Training seconds per round of the vectorized executor: non-private, and DP-SGD with each
+    noise draw of :data:`NOISE` (interleaved repeats)."""
+    keys = [("non-private", False, "opacus")] + [(f"DP-SGD, noise {n}", True, n) for n in NOISE]
+    runs: dict[str, list[float]] = {key: [] for key, _, _ in keys}
+    for _ in range(repeats):
+        for key, dp, noise in keys:
+            runs[key].append(timed("vectorized", dp, rounds, accountant, noise)[0])
+    base = statistics.median(runs["non-private"])
+    rows = ["| variant | train s / round | over non-private |", "|---|---|---|"]
+    return rows + [f"| {key} | {statistics.median(v):.3f} | {statistics.median(v) / base:.2f}x |" for key, v in runs.items()]
 
 
 def client_segments() -> list[tuple[float, int]]:
@@ -136,6 +177,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--executors", default="vectorized,serial")
+    ap.add_argument("--noise-variants", action="store_true", help="also time the vectorized DP step with other noise draws")
     ap.add_argument("--cell-rounds", type=int, default=0, help="also time whole fllab.run cells of this many rounds")
     ap.add_argument("--write", action="store_true", help="write benchmarks/results/vectorized_dp.md")
     args = ap.parse_args()
@@ -158,6 +200,9 @@ def main() -> None:
     lines += ["", f"Median of {args.repeats} interleaved repeats of rounds 1..{args.rounds - 1} (round 0 untimed); "
               f"accountant {args.accountant}; {args.threads} torch thread(s); "
               f"load average (1 min) at start / end: {load0:.1f} / {load1:.1f}."]
+    if args.noise_variants:
+        lines += ["", "Vectorized DP-SGD step by how the noise is drawn (same protocol, train s / round, median):", "",
+                  *noise_variants(args.rounds, args.repeats, args.accountant)]
     lines += ["", "Accounting of one round (10 clients, sigma 1, delta 1e-5):", "", *accounting_times([1, 10, 30])]
     if args.cell_rounds:
         lines += ["", f"Whole cells (`fllab.run`, {args.cell_rounds} rounds, evaluation every round, 1 thread):", "",
@@ -166,7 +211,8 @@ def main() -> None:
     print(table)
     if args.write:
         cmd = (f"python benchmarks/bench_vectorized_dp.py --rounds {args.rounds} --repeats {args.repeats} --threads "
-               f"{args.threads} --accountant {args.accountant} --executors {args.executors} --cell-rounds {args.cell_rounds} --write")
+               f"{args.threads} --accountant {args.accountant} --executors {args.executors} --cell-rounds {args.cell_rounds}"
+               f"{' --noise-variants' if args.noise_variants else ''} --write")
         head = [
             "# DP-SGD step overhead in the vectorized executor (quickstart MLP, CPU)", "",
             __doc__.split("\n\n")[0].replace("\n", " "), "",
