@@ -475,3 +475,17 @@ def test_merged_noise_draws_are_opacus_per_tensor_draws_bit_for_bit(dtype):
         for j in range(k):  # Opacus's DPOptimizer: one torch.normal per parameter tensor, in order
             want = torch.cat([torch.normal(0.0, float(std[j]), size=s, generator=gens[j], dtype=dtype).flatten() for s in shapes])
             assert torch.equal(got[j], want)
+
+
+def test_a_run_says_the_rdp_order_note_once_and_never_opacus_warning(tmp_path, tiny):
+    import warnings
+
+    tiny["federation"]["rounds"] = 3
+    tiny["defenses"] = [{"name": "dp_sgd", "noise_multiplier": 20.0, "accountant": "rdp"}]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        _, metrics, rounds = run(tiny, tmp_path, "dp")
+    assert not [w for w in seen if "Optimal order" in str(w.message)]
+    notes = [str(w.message) for w in seen if "RDP accountant's best order" in str(w.message)]
+    assert len(notes) == 1 and notes[0].startswith("dp_sgd: ") and "largest alpha (63)" in notes[0]
+    assert len(rounds) == 3 and metrics["privacy.epsilon"] > 0
