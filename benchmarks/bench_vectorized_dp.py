@@ -126,11 +126,13 @@ def client_segments() -> list[tuple[float, int]]:
 
 def accounting_times(rounds: list[int]) -> list[str]:
     """Seconds to account one round (every client's epsilon) at the given rounds: a fresh Opacus
-    accountant per client vs fllab's cached kernels (warm: the earlier rounds ran first)."""
+    accountant per client vs fllab's cached kernels (cold at round 1, then warm: every earlier
+    round is accounted first, as in a run)."""
     segments = client_segments()
     rows = ["| accountant | round | Opacus, fresh accountant per client: s | fllab (cached RDP steps): s | speed-up | equal to the bit |",
             "|---|---|---|---|---|---|"]
     for name, cls in (("rdp", RDPAccountant), ("prv", PRVAccountant)):
+        step_rdp.cache_clear()  # round 1 pays for each client's RDP series, as in a fresh process
         for r in range(1, max(rounds) + 1):
             histories = [((DP["noise_multiplier"], q, s * r),) for q, s in segments]
             t0 = time.perf_counter()
