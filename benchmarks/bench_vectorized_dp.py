@@ -225,7 +225,7 @@ def main() -> None:
             f"Recorded {datetime.date.today()} with `{cmd}` on {platform.processor() or platform.machine()} "
             f"({os.cpu_count()} CPUs, shared); torch {torch.__version__}, Python {platform.python_version()}.", "",
         ]
-        (ROOT / "benchmarks" / "results" / "vectorized_dp.md").write_text("\n".join(head) + table + "\n")
+        (ROOT / "benchmarks" / "results" / "vectorized_dp.md").write_text("\n".join(head) + "\n" + table + "\n")
 
 
 if __name__ == "__main__":
