@@ -9,7 +9,7 @@ import pytest
 import torch
 from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.analysis import rdp as rdp_analysis
-from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+from opacus.accountants.analysis.rdp import compute_rdp
 
 from fllab.errors import ConfigError
 from fllab.privacy.accounting import ACCOUNTANTS, RDP_ORDERS, PrivacyLedger, noise_for_target_epsilon, step_rdp
