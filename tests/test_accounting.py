@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
+import torch
 from opacus.accountants import PRVAccountant, RDPAccountant
-from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+from opacus.accountants.analysis import rdp as rdp_analysis
+from opacus.accountants.analysis.rdp import compute_rdp
 
 from fllab.errors import ConfigError
-from fllab.privacy.accounting import ACCOUNTANTS, PrivacyLedger, noise_for_target_epsilon
+from fllab.privacy.accounting import ACCOUNTANTS, RDP_ORDERS, PrivacyLedger, noise_for_target_epsilon, step_rdp
+from fllab.types import ClientResult
 
 Q, SIGMA, STEPS, DELTA = 0.01, 1.0, 1000, 1e-5
 
@@ -144,3 +148,105 @@ def test_ledger_rejects_bad_steps():
     with pytest.raises(ConfigError, match="allowed: prv, rdp"):
         PrivacyLedger("gdp")
     assert ledger.history == ()
+
+
+# ------------------------------------------------------- cached accounting == Opacus, cheaply
+def _random_history(rng: np.random.Generator, sigmas, rates, max_steps) -> list[tuple[float, float, int]]:
+    return [(float(rng.choice(sigmas)), float(rng.choice(rates)), int(rng.integers(1, max_steps + 1)))
+            for _ in range(int(rng.integers(1, 4)))]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rdp_epsilon_is_opacus_to_the_bit_on_random_histories(seed):
+    rng = np.random.default_rng(seed)
+    history = _random_history(rng, [0.6, 1.0, 1.7, rng.uniform(0.5, 4.0)], [1.0, 0.3, rng.uniform(1e-3, 0.5)], 2000)
+    ledger = PrivacyLedger("rdp")
+    for segment in history:
+        ledger.step(*segment)
+    ref = _opacus_stepped(RDPAccountant, [(s, q, 1) for s, q, n in history for _ in range(n)])
+    assert ref.history == list(ledger.history)
+    for delta in (1e-5, 1e-3):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Opacus's own order warning
+            expected = ref.get_epsilon(delta=delta)
+        assert ledger.epsilon(delta) == expected
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_prv_epsilon_is_opacus_to_the_bit_on_random_histories(seed):
+    rng = np.random.default_rng(100 + seed)
+    history = _random_history(rng, [0.9, 1.3, rng.uniform(0.8, 2.0)], [0.05, rng.uniform(0.01, 0.2)], 120)
+    ledger = PrivacyLedger("prv")
+    for segment in history:
+        ledger.step(*segment)
+    ref = PRVAccountant()
+    ref.history = list(ledger.history)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = ref.get_epsilon(delta=DELTA)
+    assert ledger.epsilon(DELTA) == expected
+
+
+def test_rounds_of_a_federation_reuse_each_settings_rdp_curve(monkeypatch):
+    """A client's history grows every round; the RDP series of (sigma, q) is computed once."""
+    calls = []
+    real = rdp_analysis.compute_rdp
+    monkeypatch.setattr(rdp_analysis, "compute_rdp", lambda **kw: calls.append(kw) or real(**kw))
+    step_rdp.cache_clear()
+    ledger = PrivacyLedger("rdp")
+    for _ in range(20):
+        ledger.step(1.0, 0.07, 12)
+        ledger.epsilon(DELTA)
+    assert len(calls) == 1
+    ledger.step(1.5, 0.07, 12)
+    for name in ("rdp", "prv"):  # PRV's domain bounds come from the same cache
+        again = PrivacyLedger(name)
+        for segment in ledger.history:
+            again.step(*segment)
+        again.epsilon(DELTA)
+    assert len(calls) == 2
+
+
+# --------------------------------------------------- Opacus's order warning: once per run
+def _records(action) -> list[warnings.WarningMessage]:
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        action()
+    return seen
+
+
+def test_best_order_at_the_range_end_is_reported_not_warned_per_call():
+    spent = PrivacyLedger("rdp")
+    spent.step(20.0, 0.25, 4)
+    seen = _records(lambda: spent.spent(DELTA))
+    assert seen == [] and spent.spent(DELTA).order == RDP_ORDERS[-1] and spent.spent(DELTA).edge == "largest"
+    inside = PrivacyLedger("rdp")
+    inside.step(SIGMA, Q, STEPS)
+    assert inside.spent(DELTA).edge is None
+    prv = PrivacyLedger("prv")  # PRV sizes its domain with RDP at tiny deltas: no warning either
+    prv.step(20.0, 0.25, 4)
+    assert _records(lambda: prv.epsilon(DELTA)) == []
+    # the calibration's trial noise levels are silent too
+    assert _records(lambda: noise_for_target_epsilon(2.0, DELTA, Q, STEPS, accountant="rdp")) == []
+
+
+@pytest.mark.parametrize("defense", ["dp_sgd", "dp_fedavg"])
+def test_order_note_says_it_once_per_run_naming_the_accountant(defense):
+    from fllab.defenses.dp import DPFedAvg, DPSGD
+
+    comp = DPSGD(DPSGD.Params(noise_multiplier=20.0, accountant="rdp")) if defense == "dp_sgd" else \
+        DPFedAvg(DPFedAvg.Params(noise_multiplier=20.0, accountant="rdp"))
+
+    def rounds():
+        history = ()
+        for rnd in range(6):
+            history = ((20.0, 0.25, 4 * (rnd + 1)),)
+            res = [ClientResult(0, torch.zeros(3), 1, extras={"dp_sgd.history": history})]
+            comp.account(rnd, [0], res, 4)
+
+    for _ in range(2):  # a second run says it again, once
+        seen = _records(rounds)
+        assert len(seen) == 1, [str(w.message) for w in seen]
+        msg = str(seen[0].message)
+        assert seen[0].category is RuntimeWarning and msg.startswith(f"{defense}: the RDP accountant")
+        assert "largest alpha (63)" in msg and "once per run" in msg

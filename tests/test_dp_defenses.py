@@ -457,3 +457,35 @@ def test_accounting_restarts_with_each_run():
     first = fa.account(0, [0, 1], res, 4)["privacy.epsilon"]
     fa.account(1, [0, 1], res, 4)
     assert fa.account(0, [0, 1], res, 4)["privacy.epsilon"] == first
+
+
+# ------------------------------------------- vectorized DP-SGD noise: Opacus's draws, fewer calls
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_merged_noise_draws_are_opacus_per_tensor_draws_bit_for_bit(dtype):
+    from fllab.training.dp_stacked import _Noise, draw_groups
+
+    shapes = [torch.Size(s) for s in [(16, 8), (16,), (10, 16), (10,), (3,), (32, 3)]]
+    assert draw_groups([s.numel() for s in shapes], dtype, torch.device("cpu")) == [(0, 304), (304, 314), (314, 317), (317, 413)]
+    assert len(draw_groups([16, 32], torch.float16, torch.device("cpu"))) == 2
+    k, steps, std = 2, 3, torch.tensor([0.7, 1.3], dtype=torch.float64)
+    noise = _Noise([5, 9], shapes, std, torch.ones(steps, k, dtype=torch.bool), dtype, torch.device("cpu"))
+    gens = [torch.Generator().manual_seed(s) for s in (5, 9)]
+    for _ in range(steps):
+        got = noise.next()
+        for j in range(k):  # Opacus's DPOptimizer: one torch.normal per parameter tensor, in order
+            want = torch.cat([torch.normal(0.0, float(std[j]), size=s, generator=gens[j], dtype=dtype).flatten() for s in shapes])
+            assert torch.equal(got[j], want)
+
+
+def test_a_run_says_the_rdp_order_note_once_and_never_opacus_warning(tmp_path, tiny):
+    import warnings
+
+    tiny["federation"]["rounds"] = 3
+    tiny["defenses"] = [{"name": "dp_sgd", "noise_multiplier": 20.0, "accountant": "rdp"}]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        _, metrics, rounds = run(tiny, tmp_path, "dp")
+    assert not [w for w in seen if "Optimal order" in str(w.message)]
+    notes = [str(w.message) for w in seen if "RDP accountant's best order" in str(w.message)]
+    assert len(notes) == 1 and notes[0].startswith("dp_sgd: ") and "largest alpha (63)" in notes[0]
+    assert len(rounds) == 3 and metrics["privacy.epsilon"] > 0

@@ -16,8 +16,9 @@ Abadi et al. 2016, "Deep Learning with Differential Privacy", CCS (Algorithm 1),
 3. **flat clipping** of each per-sample gradient to ``C``: factor ``min(1, C / (|g_i| + 1e-6))``
    (Opacus's);
 4. the sum of clipped gradients plus N(0, (sigma C)^2) per coordinate (Opacus's draw: one
-   ``torch.normal`` per parameter tensor from the client's noise generator, in place in one
-   (K, d) buffer), divided by the **expected** batch size ``q_k n_k``; an empty batch still releases the noise.  Momentum and
+   ``torch.normal`` per parameter tensor from the client's noise generator -- runs of tensors
+   merged into one call where the generator yields the same numbers, :func:`draw_groups` --
+   in place in one (K, d) buffer), divided by the **expected** batch size ``q_k n_k``; an empty batch still releases the noise.  Momentum and
    weight decay are torch SGD's, applied after, as with Opacus's wrapped optimizer.
 
 A client's steps are ``steps`` applications of the sampled Gaussian mechanism ``(sigma, q, steps)``
@@ -86,10 +87,33 @@ def clip_factors(sq_norms: Tensor, max_grad_norm: float) -> Tensor:
     return (max_grad_norm / (sq_norms.sqrt() + _EPS)).clamp(max=1.0)
 
 
+def draw_groups(sizes: Sequence[int], dtype: torch.dtype, device: torch.device) -> list[tuple[int, int]]:
+    """``[start, end)`` slices of a flat parameter vector that each take one Gaussian draw and
+    still consume the generator exactly as one ``torch.normal`` per parameter tensor does.
+
+    torch's CPU kernel for a contiguous float32/float64 tensor of at least 16 entries fills it
+    with uniforms in order, then Box-Muller-transforms them 16 at a time (a partial last block is
+    redrawn; smaller tensors take another path).  Consecutive tensors whose sizes are multiples of
+    16 therefore draw the very same numbers in one call as in one call each; any other tensor, and
+    every tensor off the CPU or in another dtype, is drawn alone."""
+    mergeable = device.type == "cpu" and dtype in (torch.float32, torch.float64)
+    groups: list[list[int]] = []
+    start, open_run = 0, False
+    for size in sizes:
+        merge = mergeable and size % 16 == 0
+        if merge and open_run:
+            groups[-1][1] += size
+        else:
+            groups.append([start, start + size])
+        open_run, start = merge, start + size
+    return [(a, b) for a, b in groups]
+
+
 class _Noise:
     """Per-client Gaussian noise ``N(0, (sigma_k C)^2)`` for each parameter tensor, drawn as Opacus
-    draws it (one ``torch.normal`` per tensor, in order) from each client's own generator, only on
-    the steps the client takes, and divided by its expected batch size ``q_k n_k``: the std is
+    draws it (one ``torch.normal`` per tensor, in order; consecutive tensors merged into one call
+    where that draws the same numbers, :func:`draw_groups`) from each client's own generator, only
+    on the steps the client takes, and divided by its expected batch size ``q_k n_k``: the std is
     ``sigma_k C / (q_k n_k)`` (Opacus divides after drawing: equal up to rounding)."""
 
     def __init__(self, seeds: list[int], shapes: list[torch.Size], stds: Tensor, active: Tensor, dtype: torch.dtype,
@@ -97,16 +121,16 @@ class _Noise:
         self.gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
         self.stds, self.active = stds.tolist(), active.tolist()
         self.buffer = torch.zeros(len(seeds), sum(s.numel() for s in shapes), dtype=dtype, device=device)
-        self.rows = [[v[0] for v in stacked_views(row.unsqueeze(0), list(enumerate(shapes)))] for row in self.buffer]
-        self.shapes = shapes
+        groups = draw_groups([s.numel() for s in shapes], dtype, torch.device(device))
+        self.rows = [[row[a:b] for a, b in groups] for row in self.buffer]
         self.t = 0
 
     def next(self) -> Tensor:
         """(K, d) noise of the next step (zero rows for clients that are done); overwritten by the next call."""
         for k, gen in enumerate(self.gens):
             if self.active[self.t][k] and self.stds[k] > 0:
-                for view, shape in zip(self.rows[k], self.shapes):
-                    torch.normal(0.0, self.stds[k], size=shape, generator=gen, out=view)
+                for view in self.rows[k]:
+                    view.normal_(0.0, self.stds[k], generator=gen)
             else:
                 self.buffer[k].zero_()
         self.t += 1
