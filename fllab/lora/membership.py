@@ -18,7 +18,8 @@ pretrained base (the model handle builds them; each starts from fresh adapters) 
 halves of ``candidates + population``; only the target's logits change between positions.
 Candidates are ``members`` records of each target client's training data and as many held-out
 records (the first half of the test split); the population is the second half
-(:meth:`fllab.training.drivers.MembershipDriver._split`).  The driver builds the assembled
+(:func:`fllab.training.drivers.membership.candidate_split`); a target client that no round samples
+is refused before training (sampling is seeded).  The driver builds the assembled
 model from the uploads the server saw (:class:`~fllab.training.drivers.RoundView`); the client's
 true model and its records (the truth) are used only for the oracle position and the scoring.  Scores are pooled over the target
 clients; the figures are ``membership.<position>.auc``, ``membership.<position>.tpr_at_0.01_fpr``
@@ -39,6 +40,7 @@ from ..hooks import FAMILY_HOOKS, KindHooks
 from ..models.victim import VictimModel
 from ..registry import ATTACKS, Params
 from ..seeding import derive_seed
+from ..training.drivers.membership import check_targets
 from ..training.drivers import DRIVERS, AttackOutcome, DriverContext, FinalState, MembershipDriver, RoundView, Truth
 from ..training.stacked import model_logits
 from ..types import ModelObservation
@@ -95,11 +97,7 @@ class LoRAMembershipDriver(MembershipDriver):
         self.attack, self.truth, self.ctx = attack, truth, ctx
         if not hasattr(ctx.algorithm, "assemble"):
             raise ConfigError("lora_mia needs a federated LoRA algorithm (fedavg_lora, ffa_lora, fedsvd_lora, fedrand)", "algorithm")
-        for cid in attack.params.target_clients:
-            if cid >= len(truth.client_data):
-                raise ConfigError(
-                    f"client {cid} does not exist; the federation has {len(truth.client_data)} clients", f"{ctx.path}.target_clients"
-                )
+        check_targets(attack.params.target_clients, None, truth, ctx)  # before training: sampling is seeded
         self.assembled: dict[int, Tensor] = {}
         self.oracle: dict[int, Tensor] = {}
 
