@@ -147,3 +147,17 @@ def test_cli_attacks_a_run_directory_and_refuses_with_exit_2(finished, tmp_path)
     assert bad.returncode == 2
     errors = [line for line in bad.stderr.splitlines() if not line.startswith("warning:")]  # e.g. a stale plugin entry point
     assert len(errors) == 1 and errors[0].startswith("error: --attack: ") and "needs a client's upload" in errors[0]
+
+
+def test_the_plugin_guides_example_attack_runs_on_a_finished_run(finished, tmp_path):
+    """docs/plugins.md's outsider example, executed as written, attacks the run's model.pt."""
+    from fllab.registry import ATTACKS
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
+    example = guide.rsplit("```python\n", 1)[1].split("```", 1)[0]
+    try:
+        exec(compile(example, "docs/plugins.md", "exec"), {})
+        result = attack_run_dir(finished, "max_confidence", {"members": 100}, tmp_path / "mc")
+    finally:
+        ATTACKS._items.pop("max_confidence", None)
+    assert result["metrics"]["membership.auc"] >= 0.55
