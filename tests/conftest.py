@@ -45,3 +45,21 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture
+def register_attack():
+    """``register_attack(name, cls)`` registers a test attack (its hooks checked as a plugin's
+    are) and removes it again after the test."""
+    from fllab.registry import ATTACKS
+
+    names: list[str] = []
+
+    def _register(name: str, cls: type) -> str:
+        ATTACKS.register(name)(cls)
+        names.append(name)
+        return name
+
+    yield _register
+    for name in names:
+        ATTACKS._items.pop(name, None)

@@ -149,15 +149,12 @@ def test_cli_attacks_a_run_directory_and_refuses_with_exit_2(finished, tmp_path)
     assert len(errors) == 1 and errors[0].startswith("error: --attack: ") and "needs a client's upload" in errors[0]
 
 
-def test_the_plugin_guides_example_attack_runs_on_a_finished_run(finished, tmp_path):
+def test_the_plugin_guides_example_attack_runs_on_a_finished_run(finished, tmp_path, register_attack):
     """docs/plugins.md's outsider example, executed as written, attacks the run's model.pt."""
-    from fllab.registry import ATTACKS
-
     guide = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
     example = guide.rsplit("```python\n", 1)[1].split("```", 1)[0]
-    try:
-        exec(compile(example, "docs/plugins.md", "exec"), {})
-        result = attack_run_dir(finished, "max_confidence", {"members": 100}, tmp_path / "mc")
-    finally:
-        ATTACKS._items.pop("max_confidence", None)
+    namespace: dict = {}
+    exec(compile(example, "docs/plugins.md", "exec"), namespace)  # registers max_confidence
+    register_attack("max_confidence", namespace["MaxConfidence"])  # the same class again: removed after the test
+    result = attack_run_dir(finished, "max_confidence", {"members": 100}, tmp_path / "mc")
     assert result["metrics"]["membership.auc"] >= 0.55

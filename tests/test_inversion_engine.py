@@ -130,18 +130,8 @@ class WrongShape:
         return TensorData(torch.zeros(num_images, 3 * 32 * 32), torch.zeros(num_images, dtype=torch.long))
 
 
-@pytest.fixture
-def wrong_shape_plugin():
-    from fllab.registry import ATTACKS
-
-    ATTACKS.register("_wrong_shape_inversion")(WrongShape)
-    try:
-        yield "_wrong_shape_inversion"
-    finally:
-        ATTACKS._items.pop("_wrong_shape_inversion")
-
-
-def test_a_plugin_returning_the_wrong_shape_is_one_line_naming_the_attack_and_the_shape(wrong_shape_plugin, tmp_path):
+def test_a_plugin_returning_the_wrong_shape_is_one_line_naming_the_attack_and_the_shape(register_attack, tmp_path):
+    wrong_shape_plugin = register_attack("_wrong_shape_inversion", WrongShape)
     data = {**SCENARIO, "attacks": [{"name": wrong_shape_plugin, "lpips": False}]}
     with pytest.raises(fllab.ConfigError) as err:
         fllab.run(data, tmp_path / "bad")
