@@ -156,3 +156,21 @@ def test_a_plugins_contract_error_leaves_no_partial_directory(tiny, tmp_path, re
     with pytest.raises(fllab.ConfigError):
         fllab.run(tiny, tmp_path / "bad")
     assert not (tmp_path / "bad.partial").exists()
+
+
+
+def test_candidates_depend_on_the_seed_and_the_position_only():
+    import torch
+
+    from fllab.training.drivers.membership import candidate_split
+    from fllab.types import TensorData
+
+    pool = TensorData(torch.arange(300.0).unsqueeze(1), torch.zeros(300, dtype=torch.long))
+    test = TensorData(1000 + torch.arange(200.0).unsqueeze(1), torch.zeros(200, dtype=torch.long))
+    first, population, truth = candidate_split(0, pool, test, 30, "outsider")
+    again, _, _ = candidate_split(0, pool, test, 30, "outsider")
+    assert torch.equal(first.x, again.x) and int(truth.sum()) == 30
+    assert set(population.x[:, 0].tolist()) == set(range(1100, 1200))  # the population is the second half
+    assert not set(first.x[~truth, 0].tolist()) & set(range(1100, 1200))  # disjoint from the non-members
+    assert not torch.equal(candidate_split(1, pool, test, 30, "outsider")[0].x, first.x)
+    assert not torch.equal(candidate_split(0, pool, test, 30, 0)[0].x, first.x)
