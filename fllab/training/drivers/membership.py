@@ -20,7 +20,11 @@ def candidate_split(root: int, pool: TensorData, test: TensorData, members: int,
     depends on the root seed and ``purpose`` (the position, or the target client) only, so every
     attack asking for the same number of members scores the same records (a smaller ``members``
     draws a different subset)."""
-    rng = numpy_gen(root, "membership", "candidates", purpose)
+    return split_with(numpy_gen(root, "membership", "candidates", purpose), pool, test, members)
+
+
+def split_with(rng: np.random.Generator, pool: TensorData, test: TensorData, members: int) -> tuple[TensorData, TensorData, torch.Tensor]:
+    """:func:`candidate_split` with the draws taken from ``rng``."""
     half = len(test) // 2
     k = min(members, len(pool), half)
     inside = pool.subset(torch.as_tensor(np.sort(rng.choice(len(pool), k, replace=False)), device=pool.x.device))
