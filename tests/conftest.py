@@ -67,3 +67,21 @@ def gradients_at_start(scenario: dict):
         loss = torch.nn.functional.cross_entropy(model(data.x), data.y)
         grads.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(model.parameters()))]))
     return engine, start, grads
+
+
+@pytest.fixture
+def register_attack():
+    """``register_attack(name, cls)`` registers a test attack (its hooks checked as a plugin's
+    are) and removes it again after the test."""
+    from fllab.registry import ATTACKS
+
+    names: list[str] = []
+
+    def _register(name: str, cls: type) -> str:
+        ATTACKS.register(name)(cls)
+        names.append(name)
+        return name
+
+    yield _register
+    for name in names:
+        ATTACKS._items.pop(name, None)

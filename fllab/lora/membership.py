@@ -18,7 +18,8 @@ pretrained base (the model handle builds them; each starts from fresh adapters) 
 halves of ``candidates + population``; only the target's logits change between positions.
 Candidates are ``members`` records of each target client's training data and as many held-out
 records (the first half of the test split); the population is the second half
-(:meth:`fllab.training.drivers.MembershipDriver._split`).  The driver builds the assembled
+(:func:`fllab.training.drivers.membership.split_with`, its own seeded draw); a target client that
+no round samples is refused before training (sampling is seeded).  The driver builds the assembled
 model from the uploads the server saw (:class:`~fllab.training.drivers.RoundView`); the client's
 true model and its records (the truth) are used only for the oracle position and the scoring.  Scores are pooled over the target
 clients; the figures are ``membership.<position>.auc``, ``membership.<position>.tpr_at_0.01_fpr``
@@ -38,10 +39,11 @@ from ..errors import ConfigError
 from ..hooks import FAMILY_HOOKS, KindHooks
 from ..models.victim import VictimModel
 from ..registry import ATTACKS, Params
-from ..seeding import derive_seed
+from ..seeding import derive_seed, numpy_gen
+from ..training.drivers.membership import check_targets, split_with
 from ..training.drivers import DRIVERS, AttackOutcome, DriverContext, FinalState, MembershipDriver, RoundView, Truth
 from ..training.stacked import model_logits
-from ..types import ModelObservation
+from ..types import ModelObservation, TensorData
 
 Position = Literal["aggregate", "assembled", "oracle"]
 POSITIONS: tuple[str, ...] = ("aggregate", "assembled", "oracle")
@@ -95,13 +97,15 @@ class LoRAMembershipDriver(MembershipDriver):
         self.attack, self.truth, self.ctx = attack, truth, ctx
         if not hasattr(ctx.algorithm, "assemble"):
             raise ConfigError("lora_mia needs a federated LoRA algorithm (fedavg_lora, ffa_lora, fedsvd_lora, fedrand)", "algorithm")
-        for cid in attack.params.target_clients:
-            if cid >= len(truth.client_data):
-                raise ConfigError(
-                    f"client {cid} does not exist; the federation has {len(truth.client_data)} clients", f"{ctx.path}.target_clients"
-                )
+        check_targets(attack.params.target_clients, None, truth, ctx)  # before training: sampling is seeded
         self.assembled: dict[int, Tensor] = {}
         self.oracle: dict[int, Tensor] = {}
+
+    def _split(self, pool: TensorData, purpose: object) -> tuple[TensorData, TensorData, Tensor]:
+        """Its own candidates per target client (the draw of the figures in docs/results.md): its
+        positions compare with each other on the same records, not with the membership family's."""
+        return split_with(numpy_gen(self.ctx.root, "attack", self.attack.registry_name, "candidates", purpose),
+                          pool, self.truth.test, self.attack.params.members)
 
     def on_round(self, view: RoundView) -> None:
         algo = self.ctx.algorithm

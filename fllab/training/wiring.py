@@ -128,7 +128,7 @@ def wire(setup: Setup) -> Federation:
     truth = Truth(client_data, frozenset(c for ids in malicious.values() for c in ids), bundle.test.to(device), bundle.num_classes)
     drivers = []
     for i, attack in enumerate(setup.attacks):
-        ctx = DriverContext(root, f"attacks.{i}", model, setup.algorithm, sc.evaluation)
+        ctx = DriverContext(root, f"attacks.{i}", model, setup.algorithm, sc.evaluation, fed, tuple(setup.defenses))
         if attack.family == "poisoning":
             drivers.append(PoisoningDriver(attack, truth, ctx, malicious[attack.registry_name]))
         else:

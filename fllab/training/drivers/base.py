@@ -14,6 +14,7 @@ from typing import Any, Mapping, Protocol, Sequence
 
 import torch
 
+from ...seeding import numpy_gen
 from ...types import ClientResult, ModelHandle, TensorData, UpdateObservation
 
 
@@ -66,14 +67,31 @@ class Truth:
 @dataclass(frozen=True)
 class DriverContext:
     """The public side a driver acts in: the root seed, the scenario path of its attack (for
-    error messages), the model handle, the algorithm (what it sends, its public recipe) and the
-    evaluation settings."""
+    error messages), the model handle, the algorithm (what it sends, its public recipe), the
+    evaluation settings, the federation block (clients, clients per round, rounds: public, and
+    with the root seed they fix which clients each round samples) and the defenses in place (a
+    driver refuses, before training, what it could not score under them)."""
 
     root: int
     path: str
     model: ModelHandle
     algorithm: Any
     evaluation: Any
+    federation: Any = None
+    defenses: tuple[Any, ...] = ()
+
+    def sampled(self, rnd: int) -> list[int]:
+        """The clients round ``rnd`` samples (the server's seeded draw, :func:`sampled_clients`)."""
+        fed = self.federation
+        return sampled_clients(self.root, rnd, fed.num_clients, fed.per_round)
+
+    def taking_part(self, rounds: Sequence[int] | None = None) -> set[int] | None:
+        """The clients that some round of ``rounds`` (default: every round) samples; None when
+        the federation is unknown (a context built without it)."""
+        if self.federation is None:
+            return None
+        every = range(self.federation.rounds)
+        return {c for rnd in (every if rounds is None else [r for r in rounds if r in every]) for c in self.sampled(rnd)}
 
     def observe(self, rnd: int, client_id: int, global_params: torch.Tensor, update: torch.Tensor, num_examples: int) -> UpdateObservation:
         """The server's observation of one upload."""
@@ -81,6 +99,16 @@ class DriverContext:
             round=rnd, client_id=client_id, model=self.model, global_params=global_params.clone(), update=update.clone(),
             kind=self.algorithm.sends, hyper=self.algorithm.public_hyper(num_examples),
         )
+
+
+def sampled_clients(root: int, rnd: int, num_clients: int, per_round: int) -> list[int]:
+    """The clients round ``rnd`` samples, sorted: every client when ``per_round`` is all of them,
+    else ``per_round`` drawn without replacement from ``("sampling", rnd)``.  Sampling depends on
+    nothing but the seed, so drivers check before training that the clients they watch take part."""
+    if per_round == num_clients:
+        return list(range(num_clients))
+    picked = numpy_gen(root, "sampling", rnd).choice(num_clients, per_round, replace=False)
+    return sorted(int(c) for c in picked)
 
 
 @dataclass(frozen=True)

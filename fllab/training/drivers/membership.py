@@ -1,7 +1,7 @@
 """The membership driver (server or outsider position) and the one-run canary audit."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -10,7 +10,47 @@ from ...errors import ConfigError
 from ...hooks import has_hook
 from ...seeding import derive_seed, numpy_gen, torch_gen
 from ...types import ModelObservation, TensorData, UpdateObservation
+from .contract import checked_scores
 from .base import AttackOutcome, DriverContext, FinalState, RoundView, Stateless, Truth, audit_delta
+
+
+def candidate_split(root: int, pool: TensorData, test: TensorData, members: int, purpose: object) -> tuple[TensorData, TensorData, torch.Tensor]:
+    """``members`` records of ``pool`` and as many from the first half of the test split (the
+    candidates, members first, and their truth); the second half is the population.  The draw
+    depends on the root seed and ``purpose`` (the position, or the target client) only, so every
+    attack asking for the same number of members scores the same records (a smaller ``members``
+    draws a different subset)."""
+    return split_with(numpy_gen(root, "membership", "candidates", purpose), pool, test, members)
+
+
+def split_with(rng: np.random.Generator, pool: TensorData, test: TensorData, members: int) -> tuple[TensorData, TensorData, torch.Tensor]:
+    """:func:`candidate_split` with the draws taken from ``rng``."""
+    half = len(test) // 2
+    k = min(members, len(pool), half)
+    inside = pool.subset(torch.as_tensor(np.sort(rng.choice(len(pool), k, replace=False)), device=pool.x.device))
+    outside = test.subset(torch.as_tensor(np.sort(rng.choice(half, k, replace=False)), device=test.x.device))
+    population = test.subset(torch.arange(half, len(test), device=test.x.device))
+    candidates = TensorData(torch.cat([inside.x, outside.x]), torch.cat([inside.y, outside.y]))
+    is_member = torch.cat([torch.ones(k, dtype=torch.bool), torch.zeros(k, dtype=torch.bool)])
+    return candidates, population, is_member
+
+
+def check_targets(clients: Sequence[int], rounds: Sequence[int] | None, truth: Truth, ctx: DriverContext) -> None:
+    """Refuse, before training, target clients that do not exist or that no round of ``rounds``
+    (default: all) samples -- the server would never see an upload of theirs."""
+    path = f"{ctx.path}.target_clients"
+    for cid in clients:
+        if cid >= len(truth.client_data):
+            raise ConfigError(f"client {cid} does not exist; the federation has {len(truth.client_data)} clients", path)
+    seen = ctx.taking_part(rounds)
+    missing = [c for c in clients if seen is not None and c not in seen]
+    if missing:
+        fed = ctx.federation
+        when = f"rounds {list(rounds)}" if rounds is not None else f"any of the {fed.rounds} rounds"
+        raise ConfigError(
+            f"client {missing[0]} is not sampled in {when} ({fed.per_round} of {fed.num_clients} clients per round, seed "
+            f"{ctx.root}), so the server never sees its upload; clients that are: {sorted(seen)[:20]}", path,
+        )
 
 
 class MembershipDriver:
@@ -22,7 +62,12 @@ class MembershipDriver:
     the outsider position: a malicious client's poisoned data is no member pool) and as many
     held-out records (the first half of the test split).  The outsider's population data is the
     second half of the test split, disjoint from every candidate.  Target clients are honest:
-    the wiring draws malicious clients among the others."""
+    the wiring draws malicious clients among the others.
+
+    The candidates derive from the root seed and the position alone (:func:`candidate_split`),
+    not from the attack: every membership attack of a run (and ``fllab attack RUN_DIR`` on the
+    finished run) scores the same records, so their figures compare.  A server-position target
+    client that no attacked round samples is refused before training (sampling is seeded)."""
 
     def __init__(self, attack: Any, truth: Truth, ctx: DriverContext):
         self.attack, self.truth, self.ctx = attack, truth, ctx
@@ -30,26 +75,12 @@ class MembershipDriver:
         hook = "score_rounds" if p.position == "server" else "score"
         if not has_hook(attack, hook):
             raise ConfigError(f"{attack.registry_name} cannot attack from the {p.position} position", f"{ctx.path}.position")
-        for cid in p.target_clients if p.position == "server" else ():
-            if cid >= len(truth.client_data):
-                raise ConfigError(
-                    f"client {cid} does not exist; the federation has {len(truth.client_data)} clients", f"{ctx.path}.target_clients"
-                )
+        if p.position == "server":
+            check_targets(p.target_clients, p.rounds, truth, ctx)
         self.observations: dict[int, list[UpdateObservation]] = {c: [] for c in p.target_clients}
 
     def _split(self, pool: TensorData, purpose: object) -> tuple[TensorData, TensorData, torch.Tensor]:
-        """``members`` records of ``pool`` and as many from the first half of the test split; the
-        second half is the population."""
-        p, test = self.attack.params, self.truth.test
-        rng = numpy_gen(self.ctx.root, "attack", self.attack.registry_name, "candidates", purpose)
-        half = len(test) // 2
-        k = min(p.members, len(pool), half)
-        members = pool.subset(torch.as_tensor(np.sort(rng.choice(len(pool), k, replace=False)), device=pool.x.device))
-        outside = test.subset(torch.as_tensor(np.sort(rng.choice(half, k, replace=False)), device=test.x.device))
-        population = test.subset(torch.arange(half, len(test), device=test.x.device))
-        candidates = TensorData(torch.cat([members.x, outside.x]), torch.cat([members.y, outside.y]))
-        is_member = torch.cat([torch.ones(k, dtype=torch.bool), torch.zeros(k, dtype=torch.bool)])
-        return candidates, population, is_member
+        return candidate_split(self.ctx.root, pool, self.truth.test, self.attack.params.members, purpose)
 
     def on_round(self, view: RoundView) -> None:
         p = self.attack.params
@@ -81,13 +112,14 @@ class MembershipDriver:
             pool = TensorData(torch.cat([d.x for d in parts]), torch.cat([d.y for d in parts]))
             candidates, population, is_member = self._split(pool, "outsider")
             obs = ModelObservation(self.ctx.model, final.global_params.clone(), population)
-            return self.attack.score(obs, candidates, seed), is_member
+            return checked_scores(self.attack, "score", self.attack.score(obs, candidates, seed), len(candidates), self.ctx.path), is_member
         scores, labels = [], []
         for cid, observed in self.observations.items():
             if not observed:
                 raise RuntimeError(f"{self.attack.registry_name}: client {cid} was never observed; check rounds")
             candidates, _, is_member = self._split(truth.records(cid), cid)
-            scores.append(self.attack.score_rounds(observed, candidates, seed))
+            scores.append(checked_scores(self.attack, "score_rounds", self.attack.score_rounds(observed, candidates, seed),
+                                         len(candidates), self.ctx.path))
             labels.append(is_member)
         return torch.cat(scores), torch.cat(labels)
 
@@ -98,7 +130,6 @@ class MembershipDriver:
 
         p = self.attack.params
         scores, is_member = self._scores(final)
-        scores = scores.detach().double().cpu()
         metrics = membership_metrics(scores, is_member)
         bound = jagielski_epsilon_lower_bound(
             scores.numpy(), is_member.numpy(), delta=audit_delta(final.privacy), alpha=0.05, bonferroni=True
