@@ -340,19 +340,21 @@ def audit_ldp(scenario: Path, out: Path | None, overwrite: bool, jobs: int, quie
 
 
 @main.command()
-@click.argument("capture", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("target", metavar="RUN_DIR|CAPTURE", type=click.Path(path_type=Path))
 @click.option("--attack", "attack_name", required=True, help="attack (inverting_gradients, update_cosine, ...) or detecting aggregator (mudhog)")
 @click.option("--set", "params", multiple=True, metavar="KEY=VALUE", help="attack parameter, e.g. --set iterations=500")
 @click.option("--data", type=click.Path(dir_okay=False, path_type=Path), help=".npz of attacker inputs and optional ground truth")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="directory for attack.json and artefacts")
+@click.option("--overwrite", is_flag=True, help="run directories: replace an --out that fllab wrote")
 @json_option
 @guarded
-def attack(capture: Path, attack_name: str, params: tuple[str, ...], data: Path | None, out: Path, as_json: bool) -> None:
-    """Attack a capture of Flower traffic from the server's position (fllab.interop.flower).
-    Exit 2 (one line): flwr missing, a truncated or other-version capture, bad inputs."""
-    from .interop.flower.command import attack_command
+def attack(target: Path, attack_name: str, params: tuple[str, ...], data: Path | None, out: Path, overwrite: bool, as_json: bool) -> None:
+    """Attack a finished run (RUN_DIR: outsider membership inference on its model.pt) or a capture
+    of Flower traffic from the server's position (fllab.interop.flower).  Exit 2 (one line): not a
+    run directory or capture, flwr missing, a truncated or other-version capture, bad inputs."""
+    from .attacks.offline import attack_path
 
-    summary = attack_command(capture, attack_name, params, data, out)
+    summary = attack_path(target, attack_name, params, data, out, overwrite=overwrite)
     click.echo(json.dumps(summary, default=float) if as_json else "\n".join(f"{k}: {v:.4g}" for k, v in summary["metrics"].items()) or f"wrote {out}")
 
 

@@ -230,6 +230,10 @@ def execute(
                                  twin_setup=twin_setup, resume=resume, label=label, on_checkpoint=on_checkpoint)
             except OSError as err:
                 raise FllabError(f"{os_error_line(err)} (the unfinished run is left in {partial})") from None
+            except ConfigError:  # e.g. a plugin breaking its contract: nothing half-written stays
+                if not any((partial / kept).exists() for kept in (BASELINE_DIR, CHECKPOINT)):
+                    shutil.rmtree(partial, ignore_errors=True)
+                raise
     if summary["status"] == "diverged":
         warnings.warn(f"{sc.name}: training diverged (non-finite loss or weights); lower the learning rate", RuntimeWarning, stacklevel=2)
     return summary

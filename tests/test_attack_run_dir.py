@@ -2,6 +2,7 @@
 (fllab.attacks.offline), rebuilt from the run's config and seed; refusals are one line."""
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -29,20 +30,6 @@ SCENARIO = {
 RMIA = {"members": 100, "num_models": 4, "epochs": 20, "lr": 0.1, "batch_size": 16}
 
 
-def ensure_model(run_dir: Path) -> None:
-    """Write ``model.pt`` when the runner did not: train the run's resolved config again (same
-    seed, same final weights) and save the server model's state_dict."""
-    if (run_dir / MODEL_FILE).is_file():
-        return
-    from fllab.runner import preflight
-    from fllab.scenario.build import resolve
-    from fllab.scenario.loader import validate_schema
-
-    engine = preflight(resolve(validate_schema(yaml.safe_load((run_dir / "config.resolved.yaml").read_text()))))
-    engine.run()
-    torch.save(engine.server.final_model().state_dict(), run_dir / MODEL_FILE)
-
-
 def scores(path: Path) -> list[tuple[float, ...]]:
     """The rows of a scores.csv (index, is_member, score) as numbers."""
     return [tuple(float(v) for v in line.split(",")) for line in path.read_text().splitlines()[1:]]
@@ -51,7 +38,6 @@ def scores(path: Path) -> list[tuple[float, ...]]:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
     run_dir, _ = fllab.run(SCENARIO, tmp_path_factory.mktemp("offline") / "run")
-    ensure_model(run_dir)
     return run_dir
 
 
@@ -110,9 +96,15 @@ def test_bad_run_directories_are_one_line_each(finished, tmp_path):
     (copy / MODEL_FILE).unlink()
     refused(copy, "has no model.pt")
     torch.save({"layers.0.weight": torch.zeros(3, 3)}, copy / MODEL_FILE)
+    refused(copy, "does not match the SHA-256")  # a file the run did not write
+    summary = json.loads((copy / "summary.json").read_text())
+    summary["model"]["sha256"] = hashlib.sha256((copy / MODEL_FILE).read_bytes()).hexdigest()
+    (copy / "summary.json").write_text(json.dumps(summary))
     refused(copy, "does not fit the run's model")
     (copy / MODEL_FILE).write_bytes(b"not a torch file")
-    refused(copy, "cannot read .* as a weights-only state_dict")
+    summary["model"]["sha256"] = hashlib.sha256(b"not a torch file").hexdigest()
+    (copy / "summary.json").write_text(json.dumps(summary))
+    refused(copy, "not a saved state_dict")
     shutil.copy(finished / MODEL_FILE, copy / MODEL_FILE)
     refused(copy, "did you mean", attack="los")
     refused(copy, "members", params={"members": 0})
@@ -131,13 +123,6 @@ def test_out_is_never_half_written_and_an_existing_one_is_kept(finished, tmp_pat
         attack_path(finished, "loss", [], tmp_path / "d.npz", tmp_path / "x")
 
 
-def _cli_takes_run_dirs() -> bool:
-    from fllab import cli
-
-    return "attack_path" in Path(cli.__file__).read_text()
-
-
-@pytest.mark.skipif(not _cli_takes_run_dirs(), reason="fllab attack still takes a capture only (cli.py: the lead wires attack_path)")
 def test_cli_attacks_a_run_directory_and_refuses_with_exit_2(finished, tmp_path):
     cmd = [sys.executable, "-m", "fllab.cli", "attack", str(finished), "--attack", "loss", "--set", "members=100", "--out"]
     ok = subprocess.run([*cmd, str(tmp_path / "ok"), "--json"], capture_output=True, text=True)

@@ -21,14 +21,12 @@ audit (canaries planted before training), LoRA membership (the uploads and the c
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import ConfigError
+from ..rundir import MODEL_FILE
 
-#: the final global model in a run directory: ``state_dict`` of the server model, weights only
-MODEL_FILE = "model.pt"
 #: what ``attack_run_dir`` writes into ``out`` beside the attack's artefacts
 ATTACK_FILE = "attack.json"
 
@@ -77,20 +75,15 @@ def _attack(name: str, params: Mapping[str, Any]) -> Any:
     return built
 
 
-def _load_weights(model: Any, path: Path) -> None:
-    """Load ``path`` (a weights-only ``state_dict``) into ``model``; one line when it cannot."""
-    import torch
+def _load_weights(model: Any, run_dir: Path) -> None:
+    """Load the run's final weights (:func:`fllab.rundir.load_model`: weights only, SHA-256
+    checked) into ``model``; one line when they do not fit it."""
+    from ..rundir import load_model
 
     try:
-        state = torch.load(path, map_location=next(model.parameters()).device, weights_only=True)
-    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as err:
-        raise ConfigError(f"cannot read {path} as a weights-only state_dict ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})", "RUN_DIR") from None
-    if not isinstance(state, Mapping):
-        raise ConfigError(f"{path} holds a {type(state).__name__}, not a state_dict", "RUN_DIR")
-    try:
-        model.load_state_dict(state)
+        model.load_state_dict(load_model(run_dir))
     except RuntimeError as err:
-        raise ConfigError(f"{path} does not fit the run's model: {' '.join(str(err).split())}", "RUN_DIR") from None
+        raise ConfigError(f"{run_dir / MODEL_FILE} does not fit the run's model: {' '.join(str(err).split())}", "RUN_DIR") from None
 
 
 def attack_run_dir(run_dir: str | Path, attack: str, params: Mapping[str, Any] | None = None, out: str | Path | None = None,
@@ -130,7 +123,7 @@ def attack_run_dir(run_dir: str | Path, attack: str, params: Mapping[str, Any] |
     sc = setup.scenario
     with torch_threads(sc.threads):
         fed = wire(setup)  # data, partition, malicious clients, planted canaries: as the run had them
-        _load_weights(fed.server_model, run_dir / MODEL_FILE)
+        _load_weights(fed.server_model, run_dir)
         ctx = DriverContext(fed.root, "--attack", fed.model_handle, setup.algorithm, sc.evaluation, sc.federation, tuple(setup.defenses))
         driver = MembershipDriver(built, fed.truth, ctx)
         outcome = driver.finish(FinalState(flatten_params(fed.server_model), fed.server_model, privacy))
