@@ -99,7 +99,7 @@ def run(build: Callable[[], torch.nn.Module], data_path: str, num_clients: int, 
     try:
         run_simulation(server_app=server, client_app=client, num_supernodes=num_clients,
                        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                       "init_args": {"num_cpus": num_cpus, "include_dashboard": False, "logging_level": "error"}})
+                                       "init_args": {"num_cpus": num_cpus, "include_dashboard": False, "logging_level": "error", "log_to_driver": False}})
     finally:
         flwr_log.setLevel(level)
     return out

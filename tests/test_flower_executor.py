@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 import types
 
 import pytest
@@ -44,6 +48,7 @@ def no_leftovers() -> None:
     assert psutil.Process().children(recursive=True) == []
 
 
+@pytest.mark.ray
 def test_flower_run_writes_a_serial_run_with_identical_metrics(tmp_path):
     """The quickstart (3 rounds, one thread per client) through Flower's simulation engine: the
     same summary.json metrics, per-round records and run directory as the serial executor."""
@@ -62,6 +67,7 @@ def test_flower_run_writes_a_serial_run_with_identical_metrics(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_alie_against_trimmed_mean_matches_serial():
     """Poisoning, drivers and a robust aggregator inside the Strategy: the serial metrics
     (identical; the issue's bound is 0.02 on accuracy)."""
@@ -75,6 +81,7 @@ def test_alie_against_trimmed_mean_matches_serial():
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_a_failing_round_raises_and_leaves_nothing_running(monkeypatch):
     """An error in the server round (here: after round 1's aggregation) comes out of the run as
     itself; the simulation's Ray is shut down and the ServerApp thread ends."""
@@ -130,9 +137,50 @@ def test_a_process_already_on_ray_is_refused(monkeypatch):
 
 
 def test_importing_fllab_and_registering_the_executor_needs_no_flwr():
-    import subprocess
-
     code = ("import sys; sys.modules['flwr'] = None; from fllab.registry import EXECUTORS; "
             "assert 'flower' in EXECUTORS; print(EXECUTORS['flower'].Params.model_fields['threads'].description)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("torch threads per ClientApp")
+
+
+def session_processes(sid: int) -> list:
+    psutil = pytest.importorskip("psutil")
+    out = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getsid(proc.pid) == sid:
+                out.append(proc)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_ctrl_c_exits_130_and_leaves_no_process(tmp_path):
+    """Ctrl-C during round 2 of a ``fllab run`` on Flower: exit code 130, and nothing of the run's
+    session (Ray's GCS, raylet, workers) is left (Ray starts its processes in the caller's session)."""
+    pytest.importorskip("flwr")
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({**copy.deepcopy(QUICKSTART), "federation": {**QUICKSTART["federation"], "rounds": 30},
+                                    "executor": FLOWER}))
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "fllab.cli", "run", str(path), "--out", str(out), "--quiet"],
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        rounds = out.with_name("run.partial") / "rounds.jsonl"
+        deadline = time.monotonic() + 540
+        while not (rounds.exists() and rounds.read_text().count("\n") >= 1):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() is not None else "no round"
+            time.sleep(0.5)
+        os.kill(proc.pid, signal.SIGINT)
+        code = proc.wait(timeout=120)
+        output = proc.stdout.read()
+        assert "interrupted" in output and code in (130, -signal.SIGINT), (code, output)  # a shell sees 130 either way
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.monotonic() + 60
+    while session_processes(proc.pid) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert session_processes(proc.pid) == []

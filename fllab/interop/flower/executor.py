@@ -53,14 +53,14 @@ class FlowerExecutor:
     tasks, at the same torch thread count per client); Ray is shut down on success, failure and
     Ctrl-C."""
 
-    summary = "a Flower simulation: fllab's clients as the ClientApp, its server round as the Strategy"
-    Params = FlowerParams
     used = "flower"
+    Params = FlowerParams
+    summary = "a Flower simulation: fllab's clients as the ClientApp, its server round as the Strategy"
+    fit: FitFn | None = None  # the client fit function and every client's data, from start() to close()
+    clients: Sequence[TensorData] = ()
 
     def __init__(self, params: FlowerParams):
         self.params = params
-        self.fit: FitFn | None = None
-        self.clients: Sequence[TensorData] = ()
 
     def check(self, setup: Any, model: ModelHandle) -> None:
         from ...training.wiring import pick_device

@@ -249,11 +249,14 @@ class ServerRoundStrategy(Strategy):
         log(logging.INFO, "\t└──> fllab server round: rounds %s-%s", self.rounds.start, self.rounds.stop - 1)
 
 
-def server_app(server: Any, rounds: range, finish: Callable[[dict[str, Any]], None], stop: threading.Event) -> ServerApp:
+def server_app(server: Any, rounds: range, finish: Callable[[dict[str, Any]], None], stop: threading.Event,
+               threads: list[threading.Thread]) -> ServerApp:
+    """The ServerApp (Flower runs it in a thread of its own, which it appends to ``threads``)."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
+        threads.append(threading.current_thread())
         grid = StoppableGrid(grid, stop)
         nodes = locate_clients(grid, len(server.fed.client_data), stop)
         strategy = ServerRoundStrategy(server, rounds, finish, nodes)
@@ -274,6 +277,7 @@ def simulate_rounds(server: Any, rounds: range, finish: Callable[[dict[str, Any]
     flwr_log = logging.getLogger("flwr")
     level = flwr_log.level
     stop = threading.Event()
+    server_threads: list[threading.Thread] = []
     started = False
     try:
         flwr_log.setLevel(logging.CRITICAL)  # Flower's INFO round log and its deprecation notes; failures are raised
@@ -285,12 +289,14 @@ def simulate_rounds(server: Any, rounds: range, finish: Callable[[dict[str, Any]
         device = server.fed.device
         ref = ray.put(Payload(fit, [c.to("cpu") for c in clients], device))
         run_simulation(
-            server_app=server_app(server, rounds, finish, stop), client_app=client_app(ref, threads, device),
+            server_app=server_app(server, rounds, finish, stop, server_threads), client_app=client_app(ref, threads, device),
             num_supernodes=len(clients),
             backend_config={"client_resources": {"num_cpus": cpus_per_client, "num_gpus": gpus_per_client}},
         )
     finally:
-        stop.set()  # the ServerApp thread, if still waiting, gives up
+        stop.set()  # the ServerApp thread, if still waiting, gives up: it ends before this call does
+        for thread in server_threads:
+            thread.join()
         if started and ray.is_initialized():  # Flower's backend shuts Ray down when the simulation ends; not on every error
             ray.shutdown()
         flwr_log.setLevel(level)
