@@ -33,6 +33,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Sequence
 
@@ -283,8 +284,10 @@ def simulate_rounds(server: Any, rounds: range, finish: Callable[[dict[str, Any]
         flwr_log.setLevel(logging.CRITICAL)  # Flower's INFO round log and its deprecation notes; failures are raised
         if not ray.is_initialized():  # as Flower's backend would, plus the object store for the payload
             path = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
-            ray.init(num_cpus=num_cpus, num_gpus=None if gpus_per_client else 0, include_dashboard=False,
-                     log_to_driver=False, configure_logging=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+            with warnings.catch_warnings():  # Ray's note on a future default for GPU visibility: not for fllab's users
+                warnings.simplefilter("ignore", FutureWarning)
+                ray.init(num_cpus=num_cpus, num_gpus=None if gpus_per_client else 0, include_dashboard=False,
+                         log_to_driver=False, configure_logging=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
             started = True
         device = server.fed.device
         ref = ray.put(Payload(fit, [c.to("cpu") for c in clients], device))
