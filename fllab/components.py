@@ -2,6 +2,7 @@
 from .data import datasets, partitions, samples  # noqa: F401
 from . import models  # noqa: F401
 from .training import executors  # noqa: F401
+from .interop.flower import executor as flower_executor  # noqa: F401  (registers `flower` without importing flwr)
 from .algorithms import fedavg  # noqa: F401
 from .defenses import aggregators  # noqa: F401
 from . import attacks  # noqa: F401

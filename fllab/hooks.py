@@ -179,6 +179,10 @@ class CheckRun(Protocol):
     def check(self, setup: Any, model: ModelHandle) -> None: ...
 
 
+class Drive(Protocol):  # an executor that owns the round loop (Flower's simulation), instead of map
+    def drive(self, server: Any, rounds: range, finish: Callable[[dict[str, Any]], None]) -> None: ...
+
+
 # ------------------------------------------------------------------------------------ any kind
 class StateDict(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
@@ -220,7 +224,7 @@ KIND_HOOKS: dict[str, KindHooks] = {
     ),
     "aggregator": KindHooks(required=(Aggregate, Check), optional=(Detector,)),
     "defense": KindHooks(one_of=((Transform, WrapFit, WrapTrainer, WrapAggregator, ServerView, Plan, Account),)),
-    "executor": KindHooks(required=(Start, Map, Close, Used), optional=(CheckRun,)),
+    "executor": KindHooks(required=(Start, Close, Used), optional=(CheckRun,), one_of=((Map, Drive),)),
 }
 
 

@@ -1,11 +1,14 @@
-"""The serial round loop: wire the federation, then call the server's round once per round,
-clients trained by the scenario's executor.  The engine returns data (:class:`EngineResult`);
+"""The round loop: wire the federation, then call the server's round once per round, clients
+trained by the scenario's executor -- or, for an executor that owns the loop (``drive``: Flower's
+simulation, whose Strategy calls :meth:`Server.tasks` / :meth:`Server.receive`), hand it the
+server and the rounds.  The engine returns data (:class:`EngineResult`);
 writing it is the runner's job."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..hooks import has_hook
 from ..scenario.build import Setup
 from .server import EngineResult, Server
 from .wiring import Federation, wire
@@ -62,17 +65,25 @@ class Engine:
             start, rounds = self.start.round, list(self.start.rounds)
             if self.progress:
                 self.progress(start)
+
+        def finish(record: dict[str, Any]) -> None:
+            """After the server's half of round ``record["round"]``: keep, report, checkpoint."""
+            rounds.append(record)
+            if self.on_round:
+                self.on_round(record)
+            if self.progress:
+                self.progress(1)
+            done = record["round"] + 1
+            if self.save and every and done % every == 0 and done < total:
+                self.save(Snapshot(done, list(rounds), server.state_dict()))
+
         executor.start(fed.fit, fed.client_data)
         try:
-            for rnd in range(start, total):
-                record = server.round(rnd, executor.map)
-                rounds.append(record)
-                if self.on_round:
-                    self.on_round(record)
-                if self.progress:
-                    self.progress(1)
-                if self.save and every and (rnd + 1) % every == 0 and rnd + 1 < total:
-                    self.save(Snapshot(rnd + 1, list(rounds), server.state_dict()))
+            if has_hook(executor, "drive"):  # the executor owns the loop (Flower's simulation) and calls the server
+                executor.drive(server, range(start, total), finish)
+            else:
+                for rnd in range(start, total):
+                    finish(server.round(rnd, executor.map))
         finally:
             executor.close()
         return server.result(rounds)

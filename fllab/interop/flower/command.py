@@ -25,7 +25,11 @@ import yaml
 
 from ...errors import ConfigError
 from ...types import TensorData
-from .attack import attack_capture
+from . import require_flwr
+
+require_flwr()  # one line and exit code 2 without flwr, before the modules that import it
+
+from .attack import attack_capture  # noqa: E402
 
 CANDIDATES = "candidates"
 
