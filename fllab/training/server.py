@@ -21,6 +21,7 @@ from ..models.flat import flatten_params, load_flat_
 from ..seeding import derive_seed, numpy_gen
 from ..types import ClientResult, ClientTask, EvalContext
 from .drivers import AttackOutcome, FinalState, RoundView, Upload
+from .drivers.base import sampled_clients
 from .local import evaluate
 from .wiring import Federation
 
@@ -92,10 +93,7 @@ class Server:
     # ------------------------------------------------------------------------------ one round
     def sample(self, rnd: int) -> list[int]:
         fed = self.setup.scenario.federation
-        if fed.per_round == fed.num_clients:
-            return list(range(fed.num_clients))
-        picked = numpy_gen(self.fed.root, "sampling", rnd).choice(fed.num_clients, fed.per_round, replace=False)
-        return sorted(int(c) for c in picked)
+        return sampled_clients(self.fed.root, rnd, fed.num_clients, fed.per_round)
 
     def tasks(self, rnd: int) -> list[ClientTask]:
         """The round's client tasks: sampled clients, the global weights, derived seeds."""
