@@ -87,21 +87,3 @@ def test_inversion_sweep_shows_a_reconstruction_grid_per_setting_and_fits_1280px
     psnr = next(i for i in page.images if i["alt"] == "inversion.psnr vs utility.accuracy")
     assert psnr["width"] > 0
 
-
-def test_scorecard_report_renders_in_chromium(tmp_path):
-    """A two-setting scorecard of every family: the table (a row per setting, a column per
-    family), the Pareto figures and the reconstructions all load, with no console error."""
-    from fllab.scorecard import run_scorecard
-    from fllab.scorecard.table import TITLES
-    from tests.test_scorecard import card
-
-    data = card()
-    data["scorecard"].update(seeds=[0], defenses=[{"label": "none"}, {"label": "topk", "defenses": [{"name": "topk", "fraction": 0.1}]}])
-    out, _, _, _ = run_scorecard(data, tmp_path / "card")
-    columns = ("utility", "inversion", "membership", "poisoning", "privacy", "seconds")
-    table = ["defensesetting", *("".join(TITLES[c]) for c in columns)]  # each header: a title and its <small> subtitle
-    page = assert_renders(out / "report.html", table)
-    for section in ("Table", "Threat models", "Pareto fronts", "Reconstructions", "Config"):
-        assert section in page.headings, section
-    alts = [i["alt"] for i in page.images]
-    assert {"membership AUC vs accuracy", "inversion PSNR (dB) vs accuracy", "best: topk", "worst: none"} <= set(alts), alts

@@ -17,6 +17,8 @@ from fllab.runner import baseline_setup, execute, poisoned
 from fllab.scorecard import parse, run_scorecard, terminal_table
 from fllab.scorecard.expand import expand
 from fllab.report.aggregate import summarize
+from fllab.report.browser import check_page, find_chromium
+from fllab.scorecard.table import TITLES
 
 DIGITS = {"dataset": {"name": "digits"}, "model": {"name": "mlp", "hidden": [16]}}
 CARD = {
@@ -142,6 +144,25 @@ def test_report_has_table_fronts_threats_reconstructions_and_config(finished):
     assert html.count("data:image/png;base64,") >= 4 and "hsl(" in html
     for rel in (line.split("](")[1].rstrip(")") for line in md.splitlines() if line.startswith("![")):
         assert (out / rel).is_file(), rel
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="chromium is not installed (scripts/install-dev.sh installs it)")
+def test_report_renders_in_chromium(finished):
+    """The report as a reader sees it (headless Chromium, like the run and sweep reports in
+    test_browser.py): no console error, every figure decoded, the table with a column per family,
+    each section, and the n/a cell with its reason."""
+    out, rows = finished
+    columns = ("utility", "inversion", "membership", "poisoning", "privacy", "seconds")
+    table = ["defensesetting", *("".join(TITLES[c]) for c in columns)]  # each header: a title and its <small> subtitle
+    page = check_page(out / "report.html")
+    assert page.problems(tables=[table]) == []
+    for section in ("Table", "Threat models", "Pareto fronts", "Reconstructions", "Config"):
+        assert section in page.headings, section
+    alts = [i["alt"] for i in page.images]
+    assert {"membership AUC vs accuracy", "inversion PSNR (dB) vs accuracy"} <= set(alts), alts
+    assert any(a.startswith("best: ") for a in alts) and any(a.startswith("worst: ") for a in alts), alts
+    krum = next(r for r in rows if r.label == "krum")
+    assert "n/a" in page.text and "krum" in page.text and krum.na
 
 
 def test_resume_recomputes_nothing_finished(finished):
