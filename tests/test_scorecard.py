@@ -261,3 +261,14 @@ def test_refusal_found_only_when_the_data_loads_is_na_too(tmp_path):
     _, rows, _, _ = run_scorecard(data, tmp_path / "out")
     crowd = next(r for r in rows if r.label == "crowd")
     assert "num_clients" in crowd.na["membership"]  # ... the partition refuses it: n/a, not a crash
+
+
+def test_an_unset_aggregator_f_is_each_cells_malicious_count():
+    """A bare robust aggregator tolerates the poisoning testbed's malicious clients (20% of 6: 1)
+    there, and nobody on the passive testbeds, which have none; the twin keeps the same f."""
+    data = card()
+    data["scorecard"]["defenses"] = [{"label": "none"}, {"label": "tm", "aggregator": "trimmed_mean"}]
+    setups = {values["family"]: s for _, values, _, s in expand(parse(data)) if values["defense"] == "tm"}
+    assert setups["poisoning"].resolved["aggregator"] == {"name": "trimmed_mean", "f": 1}
+    assert baseline_setup(setups["poisoning"]).resolved["aggregator"]["f"] == 1
+    assert setups["membership"].resolved["aggregator"]["f"] == 0 and setups["inversion"].resolved["aggregator"]["f"] == 0
