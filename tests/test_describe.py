@@ -1,4 +1,4 @@
-"""``fllab describe`` for aggregators (fllab.describe): every registered aggregator says what it
+"""``fllab describe`` for aggregators (fllab.description): every registered aggregator says what it
 tolerates, every parameter is described, f-parameterised rules state their n/f rule (the same
 one their check() enforces) and what an unset f means."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ import re
 import pytest
 
 from fllab.defenses.aggregators.byzantine import F_DEFAULT
-from fllab.describe import describe_component, render_text
+from fllab.description import describe_component, render_text
 from fllab.errors import ConfigError
 from fllab.registry import AGGREGATORS
 

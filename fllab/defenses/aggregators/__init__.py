@@ -26,7 +26,7 @@ Pre-aggregators (``nnm``, ``bucketing``, ``arc``) compose with any aggregator th
 aggregator a buffer they reuse every round, so an aggregator must not keep a reference to its
 ``updates`` after returning (copy what you keep).
 
-Each rule declares, for ``fllab describe`` (:mod:`fllab.describe`), its ``threat_model`` in one
+Each rule declares, for ``fllab describe`` (:mod:`fllab.description`), its ``threat_model`` in one
 sentence and, when it has an ``f``, its ``feasibility`` rule on (n, f) (:class:`.base.Feasibility`,
 the same object its ``check(n)`` enforces); an ``f`` a scenario leaves unset is the number of
 malicious clients its poisoning attacks declare (:mod:`.byzantine`, ByzFL's default).

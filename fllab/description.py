@@ -1,11 +1,14 @@
-"""What ``fllab describe NAME`` tells a user about a registered component: its parameters (each
-with its description, type, default and allowed values), its threat model and its references,
-as a dict (``--json``) and as text.
+"""What ``fllab describe NAME`` (and ``fllab.describe(NAME)``) tells a user about a registered
+component: its parameters (each with its description, type, default and allowed values), its
+threat model and its references, as a dict (``--json``) and as text.
 
 Aggregators say more, from their class attributes (:mod:`fllab.defenses.aggregators`): the
 threat model in one sentence (what they tolerate, from which paper), the feasibility rule on the
 n updates per round and the f Byzantine ones (``feasibility``, e.g. Krum's ``n > 2f + 2``), and
 what ``f`` means when a scenario leaves it unset (:mod:`fllab.defenses.aggregators.byzantine`).
+
+(Not named ``fllab/describe.py``: importing such a submodule would replace the package's public
+``fllab.describe`` function by the module.)
 """
 from __future__ import annotations
 
