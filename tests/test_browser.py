@@ -86,4 +86,3 @@ def test_inversion_sweep_shows_a_reconstruction_grid_per_setting_and_fits_1280px
     assert "Reconstructions" in page.headings
     psnr = next(i for i in page.images if i["alt"] == "inversion.psnr vs utility.accuracy")
     assert psnr["width"] > 0
-
