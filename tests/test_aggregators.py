@@ -638,3 +638,54 @@ def test_byzfl_preaggregators(byzfl, random_updates):
     torch.manual_seed(5)  # ByzFL permutes with torch's global generator
     assert close(K.bucket_means(x, 4, perm), byzfl.Bucketing(4)(x.clone()))
     assert close(K.monna(x, f, 4), byzfl.MoNNA(f, 4)(x.clone()))
+
+
+# ------------------------------------------------------------------------ f's default (ByzFL's)
+def _scenario(aggregator, attacks=(), clients_per_round=None):
+    from tests.conftest import TINY
+    from fllab.scenario.loader import validate_schema
+
+    data = {**TINY, "aggregator": aggregator, "attacks": list(attacks),
+            "federation": {**TINY["federation"], "num_clients": 10, "clients_per_round": clients_per_round}}
+    return validate_schema(data)
+
+
+SIGN_FLIP = {"name": "sign_flip", "fraction": 0.2, "scale": 4.0}
+
+
+def test_unset_f_becomes_the_declared_malicious_count_in_every_f_of_the_chain():
+    from fllab.defenses.aggregators.byzantine import with_default_f
+    from fllab.scenario.build import resolve
+
+    setup = resolve(with_default_f(_scenario({"name": "nnm", "then": {"name": "krum"}}, [SIGN_FLIP])))
+    assert setup.resolved["aggregator"]["f"] == 2 and setup.resolved["aggregator"]["then"] == {"name": "krum", "f": 2}
+    assert setup.aggregator.params.f == 2 and setup.aggregator.inner.params.f == 2
+    # bare names too; an explicit f (0 included) is kept as written; capped at the clients per round
+    assert with_default_f(_scenario("trimmed_mean", [SIGN_FLIP])).aggregator.spec() == {"name": "trimmed_mean", "f": 2}
+    assert with_default_f(_scenario({"name": "krum", "f": 0}, [SIGN_FLIP])).aggregator.spec() == {"name": "krum", "f": 0}
+    assert with_default_f(_scenario("bulyan", [{**SIGN_FLIP, "fraction": 0.6}], 5)).aggregator.spec() == {"name": "bulyan", "f": 5}
+    # nothing to fill: no poisoning attack, or a rule without f
+    plain = _scenario("krum")
+    assert with_default_f(plain) is plain
+    median = _scenario("median", [SIGN_FLIP])
+    assert with_default_f(median) is median
+
+
+def test_the_default_f_is_what_makes_trimmed_mean_bite():
+    """8 honest updates near 1 and 2 sign-flipped ones at -40: the bare rule (f = 0) is the
+    mean and is dragged to -7.2; with the scenario's 2 malicious clients it trims both and averages
+    the 6 middle honest values, (0.9 + 0.95 + 0.98 + 1.0 + 1.0 + 1.02) / 6 = 0.975."""
+    from fllab.defenses.aggregators.byzantine import with_default_f
+
+    updates = col(0.9, 1.0, 1.1, 0.95, 1.05, 1.0, 0.98, 1.02, -40.0, -40.0)
+    bare = AGGREGATORS.build(_scenario("trimmed_mean", [SIGN_FLIP]).aggregator.spec())
+    defaulted = AGGREGATORS.build(with_default_f(_scenario("trimmed_mean", [SIGN_FLIP])).aggregator.spec())
+    assert bare(updates).item() == pytest.approx(-7.2, abs=1e-4)
+    assert defaulted(updates).item() == pytest.approx(0.975, abs=1e-6)
+
+
+def test_a_bad_attack_fraction_is_reported_under_its_path():
+    from fllab.defenses.aggregators.byzantine import with_default_f
+
+    with pytest.raises(ConfigError, match=r"^attacks\.0"):
+        with_default_f(_scenario("krum", [{**SIGN_FLIP, "fraction": "lots"}]))

@@ -17,6 +17,8 @@ from fllab.runner import baseline_setup, execute, poisoned
 from fllab.scorecard import parse, run_scorecard, terminal_table
 from fllab.scorecard.expand import expand
 from fllab.report.aggregate import summarize
+from fllab.report.browser import check_page, find_chromium
+from fllab.scorecard.table import TITLES
 
 DIGITS = {"dataset": {"name": "digits"}, "model": {"name": "mlp", "hidden": [16]}}
 CARD = {
@@ -144,6 +146,25 @@ def test_report_has_table_fronts_threats_reconstructions_and_config(finished):
         assert (out / rel).is_file(), rel
 
 
+@pytest.mark.skipif(find_chromium() is None, reason="chromium is not installed (scripts/install-dev.sh installs it)")
+def test_report_renders_in_chromium(finished):
+    """The report as a reader sees it (headless Chromium, like the run and sweep reports in
+    test_browser.py): no console error, every figure decoded, the table with a column per family,
+    each section, and the n/a cell with its reason."""
+    out, rows = finished
+    columns = ("utility", "inversion", "membership", "poisoning", "privacy", "seconds")
+    table = ["defensesetting", *("".join(TITLES[c]) for c in columns)]  # each header: a title and its <small> subtitle
+    page = check_page(out / "report.html")
+    assert page.problems(tables=[table]) == []
+    for section in ("Table", "Threat models", "Pareto fronts", "Reconstructions", "Config"):
+        assert section in page.headings, section
+    alts = [i["alt"] for i in page.images]
+    assert {"membership AUC vs accuracy", "inversion PSNR (dB) vs accuracy"} <= set(alts), alts
+    assert any(a.startswith("best: ") for a in alts) and any(a.startswith("worst: ") for a in alts), alts
+    krum = next(r for r in rows if r.label == "krum")
+    assert "n/a" in page.text and "krum" in page.text and krum.na
+
+
 def test_resume_recomputes_nothing_finished(finished):
     out, _ = finished
     index = json.loads((out / "cells.json").read_text())
@@ -240,3 +261,14 @@ def test_refusal_found_only_when_the_data_loads_is_na_too(tmp_path):
     _, rows, _, _ = run_scorecard(data, tmp_path / "out")
     crowd = next(r for r in rows if r.label == "crowd")
     assert "num_clients" in crowd.na["membership"]  # ... the partition refuses it: n/a, not a crash
+
+
+def test_an_unset_aggregator_f_is_each_cells_malicious_count():
+    """A bare robust aggregator tolerates the poisoning testbed's malicious clients (20% of 6: 1)
+    there, and nobody on the passive testbeds, which have none; the twin keeps the same f."""
+    data = card()
+    data["scorecard"]["defenses"] = [{"label": "none"}, {"label": "tm", "aggregator": "trimmed_mean"}]
+    setups = {values["family"]: s for _, values, _, s in expand(parse(data)) if values["defense"] == "tm"}
+    assert setups["poisoning"].resolved["aggregator"] == {"name": "trimmed_mean", "f": 1}
+    assert baseline_setup(setups["poisoning"]).resolved["aggregator"]["f"] == 1
+    assert setups["membership"].resolved["aggregator"]["f"] == 0 and setups["inversion"].resolved["aggregator"]["f"] == 0

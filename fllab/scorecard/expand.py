@@ -2,7 +2,9 @@
 
 Each cell is the family's testbed with the setting applied (its ``defenses`` appended to the
 testbed's, its ``aggregator`` in place of the testbed's, then its dotted ``set`` and
-``per_family`` overrides) and the family's one attack.  The confound rules hold by
+``per_family`` overrides) and the family's one attack.  An aggregator ``f`` a setting leaves
+unset is the cell's number of malicious clients (:mod:`fllab.defenses.aggregators.byzantine`):
+the poisoning attack's on the poisoning testbed, 0 on the passive ones.  The confound rules hold by
 construction: a cell carries exactly one attack, so the passive cells (inversion, membership)
 have no malicious client at all, and their training is that of their no-attack twin (same
 config and seed without the attack; the attack only observes).  Poisoning cells switch on
@@ -20,6 +22,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ..defenses.aggregators.byzantine import with_default_f
 from ..errors import ConfigError
 from ..registry import AGGREGATORS, ATTACKS, DEFENSES, did_you_mean, format_validation_error
 from ..runner import Cell, baseline_setup, needs_baseline
@@ -93,7 +96,8 @@ def cell_scenario(sc: ScorecardFile, family: str, setting: DefenseSetting, seed:
 
 
 def _resolve(data: dict[str, Any]) -> Setup:
-    setup = resolve(validate_schema(data))
+    # an unset aggregator f is the cell's declared malicious clients: 0 on the passive testbeds
+    setup = resolve(with_default_f(validate_schema(data)))
     if needs_baseline(setup):
         baseline_setup(setup)
     return setup

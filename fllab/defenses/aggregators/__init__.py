@@ -26,7 +26,12 @@ Pre-aggregators (``nnm``, ``bucketing``, ``arc``) compose with any aggregator th
 aggregator a buffer they reuse every round, so an aggregator must not keep a reference to its
 ``updates`` after returning (copy what you keep).
 
+Each rule declares, for ``fllab describe`` (:mod:`fllab.description`), its ``threat_model`` in one
+sentence and, when it has an ``f``, its ``feasibility`` rule on (n, f) (:class:`.base.Feasibility`,
+the same object its ``check(n)`` enforces); an ``f`` a scenario leaves unset is the number of
+malicious clients its poisoning attacks declare (:mod:`.byzantine`, ByzFL's default).
+
 Rows whose squared norm is not finite (NaN, infinity, overflow) are dropped before a robust rule
 runs, and the rule's ``f`` shrinks by their number (see :mod:`.base`).
 """
-from . import basic, mudhog, preaggregators, robust  # noqa: F401
+from . import basic, byzantine, mudhog, preaggregators, robust  # noqa: F401

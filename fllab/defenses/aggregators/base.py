@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -50,13 +51,31 @@ def drop_nonfinite(
     )
 
 
-def require_f(rule: str, n: int, f: int, condition: str, max_f: int) -> None:
-    """Raise ``ValueError("krum needs n > 2f + 2 (f=10, n=20): lower f to at most 8")`` when
-    ``f > max_f``, the largest f the rule accepts with n updates."""
-    if f <= max_f:
-        return
-    hint = f"lower f to at most {max_f}" if max_f >= 0 else "sample more clients per round"
-    raise ValueError(f"{rule} needs {condition} (f={f}, n={n}): {hint}")
+@dataclass(frozen=True)
+class Feasibility:
+    """A rule's condition on the number n of updates per round and the number f of Byzantine
+    ones it tolerates, e.g. Krum's ``n > 2f + 2``: its text (``condition``, shown by ``fllab
+    describe`` and in errors) and the largest f it allows with n updates (``max_f``)."""
+
+    condition: str
+    max_f: Callable[[int], int]
+
+    def check(self, rule: str, n: int, f: int) -> None:
+        """Raise ``ValueError("krum needs n > 2f + 2 (f=10, n=20): lower f to at most 8")`` when
+        ``f`` exceeds :attr:`max_f` of ``n``."""
+        most = self.max_f(n)
+        if f <= most:
+            return
+        hint = f"lower f to at most {most}" if most >= 0 else "sample more clients per round"
+        raise ValueError(f"{rule} needs {self.condition} (f={f}, n={n}): {hint}")
+
+
+#: an honest majority of the updates (trimmed mean, MoNNA, NNM, ARC)
+HONEST_MAJORITY = Feasibility("n > 2f", lambda n: (n - 1) // 2)
+#: Krum and Multi-Krum: each update's n - f - 2 nearest neighbours are honest ones
+KRUM = Feasibility("n > 2f + 2", lambda n: (n - 3) // 2)
+#: Bulyan: Krum's condition on the n - 2f updates left after selection
+BULYAN = Feasibility("n >= 4f + 3", lambda n: (n - 3) // 4)
 
 
 class Rule(ABC):
@@ -71,6 +90,8 @@ class Rule(ABC):
 
     registry_name: str  # set by AGGREGATORS.register
     checks_finite = False
+    #: the rule's condition on (n, f) for rules with an ``f`` parameter (``fllab describe`` shows it)
+    feasibility: Feasibility | None = None
 
     def __init__(self, params: Any):
         self.params = params
@@ -98,8 +119,10 @@ class Rule(ABC):
         self.require(n, int(getattr(self.params, "f", 0)))
 
     def require(self, n: int, f: int) -> None:
-        """The rule's condition on (n, f); the default needs one update."""
-        if n < 1:
+        """The rule's condition on (n, f): :attr:`feasibility`, or else one update."""
+        if self.feasibility is not None:
+            self.feasibility.check(self.registry_name, n, f)
+        elif n < 1:
             raise ValueError(f"{self.registry_name} needs at least one update per round (n={n})")
 
     def effective_f(self, dropped: int) -> int:

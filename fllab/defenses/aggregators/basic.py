@@ -20,6 +20,7 @@ class Mean:
     one Byzantine client moves it arbitrarily far."""
 
     summary = "weighted average of client updates (FedAvg)"
+    threat_model = "Tolerates no Byzantine update: one malicious client moves the average arbitrarily far"
     references = ("McMahan et al., Communication-Efficient Learning of Deep Networks from Decentralized Data, AISTATS 2017",)
     Params = NoParams
 

@@ -61,6 +61,10 @@ class MudHog(AttrState, Rule):
     ``last_unreliable`` and ``last_report``."""
 
     summary = "MUD-HoG-style detector on per-client gradient histories; flags malicious ids"
+    threat_model = (
+        "Tolerates a minority of sign-flipping or additive-noise clients, found from their own update histories "
+        "after the warm-up; no f to declare (Gupta et al., ESORICS 2022)"
+    )
     references = (
         "Gupta, Luo, Ngo and Das, Long-Short History of Gradients is All You Need: Detecting Malicious and Unreliable Clients in Federated Learning, ESORICS 2022",
         "Ester, Kriegel, Sander and Xu, A Density-Based Algorithm for Discovering Clusters in Large Spatial Databases with Noise, KDD 1996",

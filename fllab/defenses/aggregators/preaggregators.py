@@ -19,15 +19,15 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from pydantic import Field, NonNegativeInt, PositiveInt, field_validator
+from pydantic import Field, PositiveInt, field_validator
 
 from ...hooks import has_hook
 from ...registry import AGGREGATORS, Params
 from ...seeding import torch_gen
 from . import kernels
-from .base import Rule, call_inner, inner_spec, require_f
+from .base import HONEST_MAJORITY, Rule, call_inner, inner_spec
 from .kernels import NonFiniteError
-from .robust import F_DESCRIPTION
+from .byzantine import FParams
 
 THEN_DESCRIPTION = "inner aggregator applied to the transformed updates: a name or {name: ..., **params}"
 
@@ -81,20 +81,17 @@ class PreAggregator(Rule):
 
 class HonestMajorityPreAggregator(PreAggregator):
     """A pre-aggregator with its own ``f`` that needs an honest majority (n > 2f) of the updates
-    it maps, before its inner rule's own check; ``rule`` names it in the error."""
+    it maps, before its inner rule's own check."""
 
-    rule: str
-
-    def require(self, n: int, f: int) -> None:
-        require_f(self.rule, n, f, "n > 2f", (n - 1) // 2)
+    feasibility = HONEST_MAJORITY
 
     def check(self, n):
         self.require(n, self.params.f)
         self.inner.check(n)
 
 
-class NNMParams(ThenParams):
-    f: NonNegativeInt = Field(0, description=F_DESCRIPTION)
+class NNMParams(ThenParams, FParams):
+    """NNM's ``then`` and ``f``."""
 
 
 @AGGREGATORS.register("nnm")
@@ -105,10 +102,12 @@ class NNM(HonestMajorityPreAggregator):
 
     summary = "nearest-neighbour mixing before another aggregator"
     references = ("Allouah, Farhadkhani, Guerraoui, Gupta, Pinot and Stephan, Fixing by Mixing: A Recipe for Optimal Byzantine ML under Heterogeneity, AISTATS 2023",)
+    threat_model = (
+        "Tolerates f Byzantine updates while n > 2f, and makes an (f, kappa)-robust inner rule reach the optimal "
+        "error under heterogeneous data (Allouah et al., AISTATS 2023)"
+    )
     checks_finite = True
     Params = NNMParams
-
-    rule = "nnm"
 
     def aggregate(self, x, weights, client_ids, dropped):
         f = self.effective_f(dropped)
@@ -130,6 +129,10 @@ class Bucketing(PreAggregator):
 
     summary = "average random buckets of s updates before another aggregator"
     references = ("Karimireddy, He and Jaggi, Byzantine-Robust Learning on Heterogeneous Datasets via Bucketing, ICLR 2022",)
+    threat_model = (
+        "Keeps the inner rule's guarantee under heterogeneous data: each Byzantine update spoils at most one "
+        "bucket, so the inner rule must tolerate f buckets among ceil(n/s) (Karimireddy et al., ICLR 2022)"
+    )
     Params = BucketingParams
 
     def __init__(self, params: BucketingParams):
@@ -153,8 +156,8 @@ class Bucketing(PreAggregator):
         return self.combine(x, kernels.bucket_matrix(x.shape[0], self.params.s, perm, x.device), None, None, dropped)
 
 
-class ARCParams(ThenParams):
-    f: NonNegativeInt = Field(0, description=F_DESCRIPTION)
+class ARCParams(ThenParams, FParams):
+    """ARC's ``then`` and ``f``."""
 
 
 @AGGREGATORS.register("arc")
@@ -166,10 +169,12 @@ class ARC(HonestMajorityPreAggregator):
     references = (
         "Allouah, Guerraoui, Gupta, Jellouli, Rizk and Stephan, Boosting Robustness by Clipping Gradients in Distributed Learning, arXiv:2405.14432, 2024",
     )
+    threat_model = (
+        "Tolerates f Byzantine updates while n > 2f; clipping the 2f(n - f)/n largest updates improves the inner "
+        "rule's robustness (Allouah et al., 2024)"
+    )
     checks_finite = True
     Params = ARCParams
-
-    rule = "arc"
 
     def aggregate(self, x, weights, client_ids, dropped):
         f = self.effective_f(dropped)

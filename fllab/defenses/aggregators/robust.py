@@ -14,13 +14,8 @@ from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, Pos
 from ...registry import AGGREGATORS, NoParams, Params
 from ...state import AttrState
 from . import kernels
-from .base import Rule, require_f
-
-F_DESCRIPTION = "number of Byzantine updates to tolerate per round"
-
-
-class FParams(Params):
-    f: NonNegativeInt = Field(0, description=F_DESCRIPTION)
+from .base import BULYAN, HONEST_MAJORITY, KRUM, Rule
+from .byzantine import FParams
 
 
 @AGGREGATORS.register("median")
@@ -29,6 +24,7 @@ class CoordinateMedian(Rule):
     Tolerates any minority of Byzantine updates per coordinate."""
 
     summary = "coordinate-wise median"
+    threat_model = "Tolerates any minority of Byzantine updates, coordinate by coordinate (breakdown point 1/2; Yin et al., ICML 2018)"
     references = ("Yin, Chen, Ramchandran and Bartlett, Byzantine-Robust Distributed Learning: Towards Optimal Statistical Rates, ICML 2018",)
     Params = NoParams
 
@@ -43,10 +39,12 @@ class TrimmedMean(Rule):
 
     summary = "coordinate-wise trimmed mean (f trimmed on each side)"
     references = ("Yin, Chen, Ramchandran and Bartlett, Byzantine-Robust Distributed Learning: Towards Optimal Statistical Rates, ICML 2018",)
+    threat_model = (
+        "Tolerates f Byzantine updates per round while n > 2f (Yin et al., ICML 2018 analyse a fraction below 1/2 "
+        "with order-optimal error for i.i.d. honest gradients)"
+    )
     Params = FParams
-
-    def require(self, n, f):
-        require_f("trimmed_mean", n, f, "n > 2f", (n - 1) // 2)
+    feasibility = HONEST_MAJORITY
 
     def aggregate(self, x, weights, client_ids, dropped):
         f = self.effective_f(dropped)
@@ -62,10 +60,9 @@ class Krum(Rule):
     summary = "Krum: the update closest to its n - f - 2 nearest neighbours"
     references = ("Blanchard, El Mhamdi, Guerraoui and Stainer, Machine Learning with Adversaries: Byzantine Tolerant Gradient Descent, NeurIPS 2017",)
     checks_finite = True
+    threat_model = "Tolerates f Byzantine updates among n while n > 2f + 2: (alpha, f)-Byzantine resilient (Blanchard et al., NeurIPS 2017)"
     Params = FParams
-
-    def require(self, n, f):
-        require_f("krum", n, f, "n > 2f + 2", (n - 3) // 2)
+    feasibility = KRUM
 
     def aggregate(self, x, weights, client_ids, dropped):
         f = self.effective_f(dropped)
@@ -94,17 +91,19 @@ class MultiKrum(Rule):
         "González, Guerraoui, Pinot, Rizk, Stephan and Taïani, ByzFL: Research Framework for Robust Federated Learning, arXiv:2505.24802, 2025",
     )
     checks_finite = True
+    threat_model = "Tolerates f Byzantine updates among n while n > 2f + 2, as Krum (Blanchard et al., NeurIPS 2017)"
     Params = MultiKrumParams
+    feasibility = KRUM
 
     def require(self, n, f):
-        require_f("multi_krum", n, f, "n > 2f + 2", (n - 3) // 2)
+        super().require(n, f)
         m = self.params.m
         if m is not None and m > n - f:
             raise ValueError(f"multi_krum needs m <= n - f (m={m}, f={f}, n={n}): lower m to at most {n - f}")
 
     def aggregate(self, x, weights, client_ids, dropped):
         n, f = x.shape[0], self.effective_f(dropped)
-        require_f("multi_krum", n, f, "n > 2f + 2", (n - 3) // 2)
+        super().require(n, f)
         m = n - f if self.params.m is None else min(self.params.m, n - f)
         return kernels.multi_krum(x, f, m, iterative=self.params.selection == "iterative")
 
@@ -117,10 +116,12 @@ class Bulyan(Rule):
     summary = "Bulyan over Krum (n >= 4f + 3)"
     references = ("El Mhamdi, Guerraoui and Rouault, The Hidden Vulnerability of Distributed Learning in Byzantium, ICML 2018",)
     checks_finite = True
+    threat_model = (
+        "Tolerates f Byzantine updates among n while n >= 4f + 3, with each coordinate's deviation bounded too "
+        "(El Mhamdi et al., ICML 2018)"
+    )
     Params = FParams
-
-    def require(self, n, f):
-        require_f("bulyan", n, f, "n >= 4f + 3", (n - 3) // 4)
+    feasibility = BULYAN
 
     def aggregate(self, x, weights, client_ids, dropped):
         f = self.effective_f(dropped)
@@ -141,6 +142,7 @@ class GeometricMedian(Rule):
 
     summary = "geometric median by smoothed Weiszfeld (RFA)"
     references = ("Pillutla, Kakade and Harchaoui, Robust Aggregation for Federated Learning, IEEE Transactions on Signal Processing 2022",)
+    threat_model = "Tolerates any minority of the total weight corrupted (breakdown point 1/2; Pillutla et al., IEEE TSP 2022)"
     checks_finite = True
     Params = GeometricMedianParams
 
@@ -162,6 +164,10 @@ class CenteredClipping(AttrState, Rule):
 
     summary = "centered clipping around the previous aggregate"
     references = ("Karimireddy, He and Jaggi, Learning from History for Byzantine Robust Optimization, ICML 2021",)
+    threat_model = (
+        "Tolerates a minority fraction of Byzantine workers, with tau set to the honest updates' spread around the "
+        "previous aggregate; no f to declare (Karimireddy et al., ICML 2021)"
+    )
     checks_finite = True
     Params = CenteredClippingParams
     state_attrs = ("center",)
@@ -190,6 +196,10 @@ class NormClipping(Rule):
 
     summary = "clip each update's L2 norm, then weighted mean"
     references = ("Sun, Kairouz, Suresh and McMahan, Can You Really Backdoor Federated Learning?, arXiv:1911.07963, 2019",)
+    threat_model = (
+        "No Byzantine tolerance as such: bounds what each update adds to max_norm, which blunts scaled and "
+        "backdoor updates without excluding them (Sun et al., 2019)"
+    )
     Params = NormClippingParams
 
     def aggregate(self, x, weights, client_ids, dropped):
@@ -207,10 +217,9 @@ class MoNNA(Rule):
 
     summary = "mean of the n - f updates nearest to a trusted client's update"
     references = ("Farhadkhani, Guerraoui, Gupta, Hoang, Pinot and Stephan, Robust Collaborative Learning with Linear Gradient Overhead, ICML 2023",)
+    threat_model = "Tolerates f Byzantine clients while n > 2f, given one trusted honest client (Farhadkhani et al., ICML 2023)"
     Params = MoNNAParams
-
-    def require(self, n, f):
-        require_f("monna", n, f, "n > 2f", (n - 1) // 2)
+    feasibility = HONEST_MAJORITY
 
     def aggregate(self, x, weights, client_ids, dropped):
         n, f = x.shape[0], self.effective_f(dropped)
@@ -238,6 +247,10 @@ class FlagAggregator(Rule):
     summary = "Flag Aggregator: subspace fit by FlagIRLS on normalised updates"
     references = (
         "Almasi, Mishra, Vamanan and Ravi, Flag Aggregator: Scalable Distributed Training under Failures and Augmented Losses using Convex Optimization, ICLR 2024",
+    )
+    threat_model = (
+        "Tolerates a minority of failed or adversarial workers, down-weighted by the robust subspace fit; no f to declare "
+        "(Almasi et al., ICLR 2024)"
     )
     checks_finite = True
     Params = FlagParams
