@@ -96,7 +96,7 @@ def validate(scenario: Any, *, overrides: Sequence[str] = (), data: bool = True)
 
 def describe(name: str) -> dict[str, Any]:
     """A registered component's parameters, threat model and references, like ``fllab describe``."""
-    from .cli import describe_component
+    from .description import describe_component
 
     return describe_component(name)
 

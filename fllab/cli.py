@@ -14,7 +14,7 @@ from typing import Any, Callable
 import click
 
 from .errors import ConfigError, FllabError, shorten
-from .registry import ALL_REGISTRIES, load_plugins
+from .registry import ALL_REGISTRIES
 
 
 #: longest error line printed (a longer message is cut in the middle)
@@ -247,62 +247,19 @@ def list_(kind: str | None, as_json: bool) -> None:
             click.echo(f"  {name:24s} {summary}")
 
 
-def describe_component(name: str) -> dict[str, Any]:
-    from .registry import did_you_mean
-
-    load_plugins()
-    hits = [(kind, reg[name]) for kind, reg in ALL_REGISTRIES.items() if name in reg]
-    if not hits:
-        every = [n for reg in ALL_REGISTRIES.values() for n in reg]
-        raise ConfigError(f"no component named {name!r}{did_you_mean(name, every)} (see fllab list)")
-    kind, cls = hits[0]
-    schema = cls.Params.model_json_schema()
-    params = {}
-    for field, spec in schema.get("properties", {}).items():
-        params[field] = {
-            "type": spec.get("type") or [s.get("type") for s in spec.get("anyOf", [])] or spec.get("$ref", ""),
-            "default": spec.get("default"),
-            "description": spec.get("description", ""),
-            **({"allowed": spec["enum"]} if "enum" in spec else {}),
-        }
-    return {
-        "name": name,
-        "kind": kind,
-        "summary": getattr(cls, "summary", ""),
-        "description": (cls.__doc__ or "").strip(),
-        "family": getattr(cls, "family", None),
-        "threat_model": getattr(cls, "threat_model", None),
-        "needs": sorted(getattr(cls, "needs", []) or []),
-        "sends": getattr(getattr(cls, "sends", None), "value", None),
-        "params": params,
-        "references": list(getattr(cls, "references", ())),
-    }
-
-
 @main.command()
 @click.argument("name")
 @json_option
 @guarded
 def describe(name: str, as_json: bool) -> None:
     """Show a component's parameters, threat model and references."""
+    from .description import describe_component, render_text
+
     info = describe_component(name)
     if as_json:
         click.echo(json.dumps(info, indent=2, default=str))
         return
-    click.echo(f"{info['name']} ({info['kind']}{', ' + info['family'] if info['family'] else ''})")
-    if info["description"]:
-        click.echo(f"  {info['description']}")
-    for key in ("threat_model", "sends"):
-        if info[key]:
-            click.echo(f"  {key.replace('_', ' ')}: {info[key]}")
-    if info["needs"]:
-        click.echo(f"  needs: {', '.join(info['needs'])}")
-    click.echo("  params:" if info["params"] else "  params: none")
-    for field, spec in info["params"].items():
-        allowed = f" one of {spec['allowed']}" if "allowed" in spec else ""
-        click.echo(f"    {field}: {spec['type']} = {spec['default']!r}{allowed}  {spec['description']}")
-    for ref in info["references"]:
-        click.echo(f"  ref: {ref}")
+    click.echo(render_text(info))
 
 
 @main.command()

@@ -689,3 +689,15 @@ def test_a_bad_attack_fraction_is_reported_under_its_path():
 
     with pytest.raises(ConfigError, match=r"^attacks\.0"):
         with_default_f(_scenario("krum", [{**SIGN_FLIP, "fraction": "lots"}]))
+
+
+def test_a_run_with_a_bare_krum_tolerates_the_attacks_malicious_clients(tiny):
+    """Through fllab.scenario.build.resolve: `aggregator: krum` against 20% sign-flippers of 10
+    clients resolves to f = 2 (run, sweep, validate and scorecard all resolve through it)."""
+    from fllab.scenario.build import resolve
+    from fllab.scenario.loader import validate_schema
+
+    tiny.update(aggregator="krum", attacks=[SIGN_FLIP])
+    tiny["federation"]["num_clients"] = 10
+    setup = resolve(validate_schema(tiny))
+    assert setup.resolved["aggregator"] == {"name": "krum", "f": 2} and setup.aggregator.params.f == 2

@@ -74,7 +74,7 @@ def test_unknown_name_suggests_the_closest():
 
 @pytest.mark.parametrize("kind", sorted(ALL_REGISTRIES))
 def test_every_registered_component_builds_from_defaults_and_describes_itself(kind):
-    from fllab.cli import describe_component
+    from fllab.description import describe_component
 
     for name in ALL_REGISTRIES[kind]:
         cls = ALL_REGISTRIES[kind][name]

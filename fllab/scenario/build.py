@@ -37,6 +37,9 @@ def _build(registry: Registry, comp: Component, path: str) -> tuple[Any, dict[st
 
 
 def resolve(scenario: Scenario) -> Setup:
+    from ..defenses.aggregators.byzantine import with_default_f
+
+    scenario = with_default_f(scenario)  # an unset aggregator f: the declared malicious clients (ByzFL's default)
     resolved = scenario.model_dump(mode="json", exclude={"sweep", "tracking"})  # tracking changes no result
     dataset, resolved["task"]["dataset"] = _build(DATASETS, scenario.task.dataset, "task.dataset")
     model, resolved["task"]["model"] = build_model(scenario.task.model.spec(), "task.model")
