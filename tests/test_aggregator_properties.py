@@ -4,11 +4,14 @@ majority, Krum picks an honest update when the Byzantine ones are far, clip boun
 coefficient-space iterations against direct d-dimensional loops, and check()'s boundaries.
 
 Inputs are drawn as (seed, shape, scale) and generated with torch, so that hypothesis explores
-shapes and magnitudes while the values stay continuous (no exact ties between distances)."""
+shapes and magnitudes while the values stay continuous (no exact ties between distances).  One
+exception is structural: NNM replaces each update by the mean of its n - f nearest neighbours, so
+updates with the same neighbour set become identical and two such clusters tie exactly in Krum's
+score; Krum is defined only up to ties, so those draws are skipped (:func:`krum_ties_after_nnm`)."""
 from __future__ import annotations
 
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from fllab.defenses.aggregators import kernels as K
@@ -38,10 +41,28 @@ STATELESS = [
 ]
 
 
+def krum_ties_after_nnm(x: torch.Tensor, f: int) -> bool:
+    """Whether Krum's best score over NNM-mixed ``x`` is shared (to 1e-9 relative) by a different
+    mixed vector, so that the selection depends on the order of the inputs."""
+    mixed = K.nnm(x, f)
+    scores = K.krum_scores(K.pairwise_sq_dists(mixed), len(x) - f - 2)
+    best = int(scores.argmin())
+    tied = (scores - scores[best]).abs() <= 1e-9 * scores[best].abs().clamp_min(1e-12)
+    return bool((tied & ((mixed - mixed[best]).norm(dim=1) > 1e-9)).any())
+
+
+def test_nnm_then_krum_ties_are_detected():
+    """The draw hypothesis found: 8 of 9 mixed vectors form two clusters with equal Krum scores."""
+    assert krum_ties_after_nnm(updates(8, 9, 8), 2)
+    assert not krum_ties_after_nnm(updates(0, 9, 8), 2)
+
+
 @SETTINGS
 @given(seed=seeds, n=st.integers(9, 14), d=st.integers(1, 12), spec=st.sampled_from(STATELESS), data=st.data())
 def test_stateless_rules_are_permutation_invariant(seed, n, d, spec, data):
     x = updates(seed, n, d)
+    if spec["name"] == "nnm":
+        assume(not krum_ties_after_nnm(x, spec["f"]))
     perm = torch.tensor(data.draw(st.permutations(range(n))))
     ids = list(range(n))
     agg = AGGREGATORS.build(spec)
