@@ -220,6 +220,7 @@ def test_flwr_missing_is_one_line_exit_2(monkeypatch, tmp_path):
     for name in [m for m in sys.modules if m == "flwr" or m.startswith("flwr.") or m.startswith("fllab.interop.flower")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "flwr", None)
+    (tmp_path / "x.npz").write_bytes(b"")  # a capture file (a missing path is refused first, naming it)
     result = CliRunner().invoke(main, ["attack", str(tmp_path / "x.npz"), "--attack", "dlg", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
     assert result.output == "error: flower: flwr is not installed: pip install 'fllab[flower]'\n"
