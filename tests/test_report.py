@@ -378,7 +378,7 @@ def test_sweep_without_results_is_an_error(tmp_path):
 
 
 def _scores_file(path: Path, member_scores, other_scores) -> None:
-    from fllab.report.rundir import scores_csv
+    from fllab.rundir import scores_csv
 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(scores_csv(list(member_scores) + list(other_scores), [1] * len(member_scores) + [0] * len(other_scores)))

@@ -9,7 +9,7 @@ import numpy as np
 import yaml
 
 from fllab.report import build_report
-from fllab.report.rundir import scores_csv
+from fllab.rundir import scores_csv
 from fllab.report.threat import threat_summary
 
 

@@ -146,7 +146,7 @@ class LoRAMembershipDriver(MembershipDriver):
 
     def finish(self, final: FinalState) -> AttackOutcome:
         from ..metrics.membership import membership_metrics
-        from ..report.rundir import scores_csv
+        from ..rundir import scores_csv
 
         metrics: dict[str, float] = {}
         table: list[dict[str, Any]] = []

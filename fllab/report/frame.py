@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import FllabError
 from .results import AGGREGATE, PARAM_PREFIX, RESULTS
-from .rundir import SUMMARY
+from ..rundir import SUMMARY
 
 
 def _pandas() -> Any:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .directions import higher_is_better
-from .rundir import CONFIG
+from ..rundir import CONFIG
 from .threat import parse_config, threat_summary
 
 DROP_VS_UNDEFENDED = "poisoning.accuracy_drop_vs_undefended"

@@ -1,7 +1,7 @@
 """Run report: ``build_report(run_dir)`` turns a run directory into ``report.md`` and ``report.html``.
 
 Nothing is re-trained: every number and figure comes from the files the engine wrote (see
-:mod:`fllab.report.rundir`).  Markdown links figures written to ``run_dir/figures/``; the HTML
+:mod:`fllab.rundir`).  Markdown links figures written to ``run_dir/figures/``; the HTML
 embeds every image as a data URI and carries its own CSS, so it is one self-contained file.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 from . import plots
 from .directions import AUDITED_EPSILONS, FAMILY_BLURBS
 from .output import IMAGE_SUFFIXES, FigureRef, existing_figure, save_figure, slug, write_report
-from .rundir import ARTEFACTS, RECONSTRUCTION, ROUNDS, RunData, load_run
+from ..rundir import ARTEFACTS, RECONSTRUCTION, ROUNDS, RunData, load_run
 from .threat import parse_config, threat_summary
 from ..io import read_jsonl
 from .tables import Table, as_number, flatten, fmt, metrics_table, records_table

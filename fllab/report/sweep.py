@@ -26,7 +26,7 @@ from .output import FigureRef, save_figure, write_report
 from .aggregate import settings as seed_settings, several_seeds
 from .pareto import pareto_front
 from .results import AGGREGATE, DEFINITION, RESULTS, SweepResults, load_results
-from .rundir import ARTEFACTS, attack_scores, defense_names
+from ..rundir import ARTEFACTS, attack_scores, defense_names
 from .tables import Table, fmt, fmt_spread, records_table, short_names
 from ..errors import ConfigError
 from ..io import read_text

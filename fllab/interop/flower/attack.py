@@ -128,7 +128,7 @@ def infer_membership(attack: Any, capture: Capture, model: ModelHandle, *, hyper
                      is_member: torch.Tensor | None = None, seed: int = 0, **_: Any):
     """Score ``candidates`` against the captured uploads of ``attack.params.target_clients``."""
     from ...metrics.membership import membership_metrics
-    from ...report.rundir import SCORES, scores_csv
+    from ...rundir import SCORES, scores_csv
     from ...training.drivers import AttackOutcome
 
     p = attack.params

@@ -126,7 +126,7 @@ class MembershipDriver:
     def finish(self, final: FinalState) -> AttackOutcome:
         from ...metrics.membership import membership_metrics
         from ...privacy.audit import jagielski_epsilon_lower_bound
-        from ...report.rundir import SCORES, scores_csv
+        from ...rundir import SCORES, scores_csv
 
         p = self.attack.params
         scores, is_member = self._scores(final)
@@ -180,7 +180,7 @@ class CanaryAuditDriver(Stateless):
     def finish(self, final: FinalState) -> AttackOutcome:
         from ...metrics.membership import auc
         from ...privacy.audit import one_run_epsilon_from_scores
-        from ...report.rundir import SCORES, scores_csv
+        from ...rundir import SCORES, scores_csv
 
         p = self.attack.params
         obs = ModelObservation(self.ctx.model, final.global_params.clone(), self.truth.test)
